@@ -1,0 +1,1 @@
+"""VisionBoard engine. Imports nothing heavy: the dashboard imports engine.config and engine.store."""

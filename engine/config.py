@@ -1,0 +1,507 @@
+"""RunConfig: every key of a run, its default, what is allowed, and validation.
+
+The keys are the public contract (shared/DESIGN.md): the form, config files, the database,
+the compare table and the CLI all use these names. This module imports nothing heavy so the
+dashboard can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+TASKS = ("classification", "detection")
+DATASET_FORMATS = ("auto", "imagefolder", "csv", "coco", "voc", "yolo")
+CLASSIFICATION_FORMATS = ("imagefolder", "csv")
+DETECTION_FORMATS = ("coco", "voc", "yolo", "csv")
+CLASSIFICATION_MODELS = ("efficientnet_b0", "efficientnet_b4", "efficientnet_b7")
+DETECTION_MODELS = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+)
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamax", "adagrad", "adadelta")
+LR_SCHEDULES = ("plateau", "step", "exponential")
+CLASSIFICATION_METRICS = (
+    "roc_auc",
+    "accuracy",
+    "f1",
+    "precision",
+    "recall",
+    "log_loss",
+    "average_precision",
+)
+DETECTION_METRICS = ("f1", "precision", "recall", "map", "map_50")
+# Metrics where a smaller value is better; every other metric is maximised.
+MINIMIZED_METRICS = ("log_loss", "loss")
+DEVICES = ("auto", "cpu", "cuda")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+DEFAULT_MODEL = {"classification": "efficientnet_b4", "detection": "fasterrcnn_resnet50_fpn"}
+DEFAULT_METRIC = {"classification": "roc_auc", "detection": "f1"}
+# Keys whose default depends on the task (or the model): None in the dataclass means "per task".
+TASK_DEFAULTS = ("model", "metric")
+
+GROUPS = (
+    "Data",
+    "Model",
+    "Optimization",
+    "Schedule",
+    "Early stopping",
+    "Augmentation",
+    "Devices",
+)
+
+
+def _key(default, group: str, help: str, choices: tuple | None = None, minimum=None, maximum=None):
+    """A config key: its default plus the metadata the form and the validator read."""
+    meta = {"group": group, "help": help, "choices": choices, "min": minimum, "max": maximum}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    # Data
+    task: str = _key(
+        "classification",
+        "Data",
+        "What the model learns: one label per image (classification) or boxes around objects (detection).",
+        TASKS,
+    )
+    dataset: str = _key(
+        "",
+        "Data",
+        "Path of the dataset root, or the name of a dataset registered on the Datasets page.",
+    )
+    dataset_format: str = _key(
+        "auto",
+        "Data",
+        "How the dataset is laid out. `auto` detects image folders, CSV, COCO, VOC and YOLO.",
+        DATASET_FORMATS,
+    )
+    test_ratio: float = _key(
+        0.2,
+        "Data",
+        "Share of images held out for testing when the dataset has no split of its own. "
+        "Raise it for a more reliable metric on a small dataset.",
+        minimum=0.01,
+        maximum=0.9,
+    )
+    seed: int = _key(
+        0, "Data", "One seed for the split, initialisation, augmentation and shuffling.", minimum=0
+    )
+    name: str = _key(
+        "", "Data", "A name for the run; left empty, one is made from the model and dataset."
+    )
+    # Model
+    model: str | None = _key(
+        None,
+        "Model",
+        "efficientnet_b0 is fastest, b4 (the default) balances speed and accuracy, b7 is the most "
+        "accurate and the slowest. Any timm model name works for classification; Faster R-CNN "
+        "variants for detection.",
+    )
+    pretrained: bool = _key(
+        True,
+        "Model",
+        "Start from weights trained on ImageNet (classification) or COCO (detection). Almost "
+        "always better on small datasets; needs the weights cached or imported on this server.",
+    )
+    retrained_layers: int | None = _key(
+        None,
+        "Model",
+        "How many backbone stages, counted from the output end, are fine-tuned; the rest stay "
+        "frozen and the head always trains. More layers can fit a big dataset better but overfit "
+        "a small one. Empty = the model's default (all for timm models, 3 for Faster R-CNN).",
+        minimum=0,
+    )
+    image_size: int | None = _key(
+        None,
+        "Model",
+        "Input size in pixels for training and prediction. Empty = the model's default. Smaller is "
+        "faster; larger sees finer detail.",
+        minimum=16,
+        maximum=2048,
+    )
+    min_size: int = _key(
+        800,
+        "Model",
+        "Detection only: the shorter image side after resizing (torchvision's min_size). Lower it "
+        "(e.g. 512) to train faster on small objects-free images.",
+        minimum=32,
+        maximum=2048,
+    )
+    max_size: int = _key(
+        1333,
+        "Model",
+        "Detection only: the longer image side is capped at this size.",
+        minimum=32,
+        maximum=4096,
+    )
+    # Optimization
+    optimizer: str = _key(
+        "adam",
+        "Optimization",
+        "Adam is a safe default; SGD with momentum can generalise better with a tuned schedule.",
+        OPTIMIZERS,
+    )
+    lr: float = _key(
+        0.001,
+        "Optimization",
+        "Initial learning rate, reached at the end of the warmup. Lower it (1e-4) when fine-tuning "
+        "many layers of a pre-trained model.",
+        minimum=0.0,
+        maximum=10.0,
+    )
+    weight_decay: float = _key(
+        0.0,
+        "Optimization",
+        "L2 penalty on the weights; a little (1e-4) curbs overfitting.",
+        minimum=0.0,
+    )
+    momentum: float = _key(
+        0.9, "Optimization", "Momentum for SGD and RMSprop.", minimum=0.0, maximum=1.0
+    )
+    batch_size: int = _key(
+        32,
+        "Optimization",
+        "Images per step on EACH device: the global batch is batch size × processes. A bigger "
+        "batch trains faster but needs more device memory.",
+        minimum=1,
+        maximum=4096,
+    )
+    epochs: int = _key(
+        50, "Optimization", "Upper limit on the number of epochs.", minimum=1, maximum=10000
+    )
+    num_workers: int = _key(
+        2,
+        "Optimization",
+        "Data-loading worker processes per training process. 0 loads in the training process.",
+        minimum=0,
+        maximum=64,
+    )
+    # Schedule
+    lr_schedule: str = _key(
+        "plateau",
+        "Schedule",
+        "How the learning rate decays at the end of each epoch: when the metric stops improving "
+        "(plateau), every few epochs (step), or a little every epoch (exponential).",
+        LR_SCHEDULES,
+    )
+    plateau_patience: int = _key(
+        2, "Schedule", "Plateau: epochs without improvement before the LR is cut.", minimum=0
+    )
+    plateau_factor: float = _key(
+        0.1, "Schedule", "Plateau: the LR is multiplied by this when cut.", minimum=0.0, maximum=1.0
+    )
+    step_size: int = _key(10, "Schedule", "Step: epochs between two cuts of the LR.", minimum=1)
+    lr_gamma: float | None = _key(
+        None,
+        "Schedule",
+        "Step and exponential: the LR is multiplied by this at each cut. Empty = 0.1 for step, "
+        "0.95 for exponential.",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    warmup: bool = _key(
+        True,
+        "Schedule",
+        "Raise the LR linearly from near zero to `lr` over the first epoch, so early large "
+        "gradients do not wreck pre-trained weights.",
+    )
+    # Early stopping
+    metric: str | None = _key(
+        None,
+        "Early stopping",
+        "The test-split metric that picks the best epoch, drives early stopping and the plateau "
+        "schedule. Default: roc_auc (classification), f1 (detection).",
+    )
+    early_stopping: bool = _key(True, "Early stopping", "Stop when the metric stops improving.")
+    early_stopping_patience: int = _key(
+        5, "Early stopping", "Epochs without an improvement before stopping.", minimum=1
+    )
+    early_stopping_delta: float = _key(
+        0.001, "Early stopping", "The smallest change that counts as an improvement.", minimum=0.0
+    )
+    # Augmentation
+    augment_color: bool = _key(
+        False, "Augmentation", "Random hue, contrast and brightness per image per epoch."
+    )
+    augment_hflip: bool = _key(False, "Augmentation", "Random horizontal flips.")
+    augment_vflip: bool = _key(
+        False, "Augmentation", "Random vertical flips (for aerial or microscope images)."
+    )
+    augment_rotation: float = _key(
+        0.0,
+        "Augmentation",
+        "Maximum random rotation in degrees (0 = off).",
+        minimum=0.0,
+        maximum=180.0,
+    )
+    augment_crop: bool = _key(
+        False, "Augmentation", "Random crops that keep at least `crop_min_ratio` of the area."
+    )
+    crop_min_ratio: float = _key(
+        0.75,
+        "Augmentation",
+        "Smallest share of the image area a random crop keeps.",
+        minimum=0.05,
+        maximum=1.0,
+    )
+    # Devices
+    device: str = _key("auto", "Devices", "`auto` uses GPUs when present, else the CPU.", DEVICES)
+    num_processes: int = _key(
+        1,
+        "Devices",
+        "Training processes: one per GPU, or CPU processes. The worker hands a run free GPUs.",
+        minimum=1,
+        maximum=1024,
+    )
+    mixed_precision: str = _key(
+        "no",
+        "Devices",
+        "fp16 or bf16 halve memory and speed up training on recent GPUs; keep `no` on CPU.",
+        MIXED_PRECISION,
+    )
+    channels_last: bool = _key(
+        True, "Devices", "Channels-last memory layout: faster convolutions on CPU and recent GPUs."
+    )
+
+    # -- derived values -------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.model or DEFAULT_MODEL.get(self.task, DEFAULT_MODEL["classification"])
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric or DEFAULT_METRIC.get(self.task, DEFAULT_METRIC["classification"])
+
+    @property
+    def gamma(self) -> float:
+        if self.lr_gamma is not None:
+            return self.lr_gamma
+        return 0.95 if self.lr_schedule == "exponential" else 0.1
+
+    @property
+    def metric_mode(self) -> str:
+        return "min" if self.metric_name in MINIMIZED_METRICS else "max"
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build and validate a config; raise ConfigError listing every bad field at once."""
+        errors = []
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in data.items():
+            if key not in known:
+                errors.append(FieldError(key, value, "a known key: " + ", ".join(sorted(known))))
+                continue
+            try:
+                kwargs[key] = _coerce(known[key], value)
+            except ValueError as exc:
+                errors.append(FieldError(key, value, str(exc)))
+        cfg = cls(**kwargs)
+        errors += cfg.errors()
+        if errors:
+            raise ConfigError(errors)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def resolved(self) -> dict[str, Any]:
+        """The config with task-dependent defaults filled in: what the run will really use."""
+        data = self.to_dict()
+        data["model"] = self.model_name
+        data["metric"] = self.metric_name
+        data["lr_gamma"] = self.gamma
+        return data
+
+    # -- validation ---------------------------------------------------------------------
+    def errors(self) -> list[FieldError]:
+        """Every problem with the values, each naming the field, the value and what is allowed."""
+        errors = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            meta = f.metadata
+            if value is None:
+                continue
+            if meta.get("choices") and value not in meta["choices"]:
+                errors.append(FieldError(f.name, value, "one of " + ", ".join(meta["choices"])))
+            if meta.get("min") is not None and value < meta["min"]:
+                errors.append(FieldError(f.name, value, f"a value of at least {meta['min']}"))
+            if meta.get("max") is not None and value > meta["max"]:
+                errors.append(FieldError(f.name, value, f"a value of at most {meta['max']}"))
+        if not str(self.dataset).strip():
+            errors.append(FieldError("dataset", self.dataset, "a dataset path or registered name"))
+        if self.task not in TASKS:
+            return errors
+        if self.dataset_format != "auto":
+            allowed = CLASSIFICATION_FORMATS if self.task == "classification" else DETECTION_FORMATS
+            if self.dataset_format not in allowed and self.dataset_format in DATASET_FORMATS:
+                errors.append(
+                    FieldError(
+                        "dataset_format",
+                        self.dataset_format,
+                        f"for {self.task}: auto, " + ", ".join(allowed),
+                    )
+                )
+        metrics = CLASSIFICATION_METRICS if self.task == "classification" else DETECTION_METRICS
+        if self.metric is not None and self.metric not in metrics:
+            errors.append(
+                FieldError("metric", self.metric, f"for {self.task}: " + ", ".join(metrics))
+            )
+        if self.model is not None:
+            if not self.model.strip():
+                errors.append(FieldError("model", self.model, "a model name"))
+            elif self.task == "detection" and self.model not in DETECTION_MODELS:
+                errors.append(
+                    FieldError("model", self.model, "for detection: " + ", ".join(DETECTION_MODELS))
+                )
+            elif self.task == "classification" and self.model in DETECTION_MODELS:
+                errors.append(
+                    FieldError(
+                        "model",
+                        self.model,
+                        "for classification: efficientnet_b0/b4/b7 or a timm name",
+                    )
+                )
+        if (
+            self.task == "detection"
+            and self.retrained_layers is not None
+            and self.retrained_layers > 5
+        ):
+            errors.append(
+                FieldError("retrained_layers", self.retrained_layers, "for detection: 0 to 5")
+            )
+        if self.min_size > self.max_size:
+            errors.append(
+                FieldError("min_size", self.min_size, f"at most max_size ({self.max_size})")
+            )
+        if self.device == "cpu" and self.mixed_precision == "fp16":
+            errors.append(FieldError("mixed_precision", "fp16", "on cpu: no or bf16"))
+        return errors
+
+
+@dataclass
+class FieldError:
+    field: str
+    value: Any
+    allowed: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: got {self.value!r}, expected {self.allowed}"
+
+
+class ConfigError(ValueError):
+    def __init__(self, errors: list[FieldError]):
+        self.errors = errors
+        super().__init__("invalid config:\n" + "\n".join(f"  - {e}" for e in errors))
+
+    def by_field(self) -> dict[str, str]:
+        return {e.field: str(e) for e in self.errors}
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Turn a value from a file, a form or `--set` into the field's type, or raise ValueError."""
+    kind = str(f.type)
+    if value is None or (isinstance(value, str) and value.strip() == "" and "None" in kind):
+        if "None" in kind:
+            return None
+        if kind == "str":
+            return ""
+        raise ValueError(_expected(kind))
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "1", "on"):
+            return True
+        if text in ("false", "no", "0", "off"):
+            return False
+        raise ValueError("true or false")
+    if kind.startswith("int"):
+        if isinstance(value, bool):
+            raise ValueError(_expected(kind))
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(_expected(kind))
+        try:
+            return int(str(value).strip()) if not isinstance(value, (int, float)) else int(value)
+        except ValueError:
+            raise ValueError(_expected(kind)) from None
+    if kind.startswith("float"):
+        if isinstance(value, bool):
+            raise ValueError(_expected(kind))
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(_expected(kind)) from None
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value.strip()
+
+
+def _expected(kind: str) -> str:
+    base = kind.split("|")[0].strip()
+    word = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(base, base)
+    return word + (" or empty" if "None" in kind else "")
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """`--set key=value` items → dict; values are coerced later with the field's type."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError([FieldError("--set", item, "key=value")])
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into a dict; errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            [FieldError("config file", str(path), f"a readable file ({exc.strerror})")]
+        ) from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = tomllib.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            [FieldError("config file", str(path), f"valid JSON (line {exc.lineno}: {exc.msg})")]
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([FieldError("config file", str(path), f"valid TOML ({exc})")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([FieldError("config file", str(path), "a table of key = value")])
+    # A [run] / [config] table is accepted as well as top-level keys.
+    for table in ("run", "config"):
+        if isinstance(data.get(table), dict) and len(data) == 1:
+            data = data[table]
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    data = read_config_file(path) if path else {}
+    data.update(parse_overrides(overrides or []))
+    return RunConfig.from_dict(data)
+
+
+def field_info() -> list[dict[str, Any]]:
+    """Every key with its default, group, help and allowed values: what the form draws."""
+    out = []
+    for f in dataclasses.fields(RunConfig):
+        out.append({"name": f.name, "type": str(f.type), "default": f.default, **f.metadata})
+    return out

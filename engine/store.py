@@ -1,0 +1,423 @@
+"""All SQL of VisionBoard: schema migrations, runs, metrics and datasets.
+
+One SQLite file under the data directory, in WAL mode with a busy timeout, so the dashboard,
+the worker and the trainer can use it at once. One writer per column: the dashboard writes
+config, tags, notes and the cancel/resume requests; the worker writes status and timestamps;
+the trainer writes metrics, heartbeat and summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+DB_NAME = "visionboard.db"
+BUSY_TIMEOUT_MS = 30_000
+STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+FINISHED = ("completed", "failed", "cancelled")
+JSON_COLUMNS = ("config", "summary", "tags")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def home_dir(home: str | Path | None = None) -> Path:
+    """The data directory: `home`, else $VISIONBOARD_HOME, else ./runs."""
+    path = Path(home or os.environ.get("VISIONBOARD_HOME") or "runs")
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def run_dir(run_id: int, home: str | Path | None = None) -> Path:
+    path = home_dir(home) / str(run_id)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def connect(home: str | Path | None = None) -> sqlite_utils.Database:
+    """Open (and migrate) the database of a data directory."""
+    path = home_dir(home) / DB_NAME
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db = sqlite_utils.Database(conn)
+    db.home = path.parent  # type: ignore[attr-defined]
+    if db.journal_mode != "wal":
+        db.enable_wal()
+    migrate(db)
+    return db
+
+
+# -- migrations ---------------------------------------------------------------------------
+
+
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {
+            "id": int,
+            "name": str,
+            "task": str,
+            "model": str,
+            "dataset": str,
+            "status": str,
+            "config": str,
+            "summary": str,
+            "user": str,
+            "tags": str,
+            "note": str,
+            "error": str,
+            "created_at": str,
+            "started_at": str,
+            "finished_at": str,
+            "heartbeat_at": str,
+            "cancel_requested": int,
+            "resume_requested": int,
+            "worker": str,
+            "devices": str,
+        },
+        pk="id",
+        defaults={
+            "status": "queued",
+            "cancel_requested": 0,
+            "resume_requested": 0,
+            "summary": "{}",
+            "tags": "[]",
+            "note": "",
+        },
+        not_null={"status"},
+    )
+    db["runs"].create_index(["status"])
+    db["metrics"].create(
+        {"run_id": int, "name": str, "step": int, "epoch": int, "value": float},
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["metrics"].create_index(["run_id", "name", "step"])
+    db["datasets"].create(
+        {"name": str, "path": str, "format": str, "task": str, "created_at": str, "info": str},
+        pk="name",
+    )
+
+
+MIGRATIONS = [_m001_initial]
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    """Apply the migrations this database has not seen yet, each in its own transaction."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    for number, step in enumerate(MIGRATIONS, start=1):
+        if number <= version:
+            continue
+        with db.conn:
+            db.conn.execute("BEGIN IMMEDIATE")
+            # Another process may have migrated while we waited for the lock.
+            if db.execute("PRAGMA user_version").fetchone()[0] >= number:
+                continue
+            step(db)
+            db.conn.execute(f"PRAGMA user_version = {number}")
+
+
+# -- runs ---------------------------------------------------------------------------------
+
+
+def _decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    row = dict(row)
+    for col in JSON_COLUMNS:
+        if col in row:
+            try:
+                row[col] = json.loads(row[col]) if row[col] else ({} if col != "tags" else [])
+            except json.JSONDecodeError:
+                row[col] = {} if col != "tags" else []
+    return row
+
+
+def create_run(
+    db, config: dict[str, Any], name: str = "", user: str = "", tags: Iterable[str] = ()
+) -> int:
+    """Queue a run; `config` is a RunConfig.resolved() dict. Returns the run id."""
+    dataset = str(config.get("dataset", ""))
+    if not name:
+        name = f"{config.get('model')} on {Path(dataset).name or dataset}"
+    table = db["runs"]
+    table.insert(
+        {
+            "name": name,
+            "task": config.get("task"),
+            "model": config.get("model"),
+            "dataset": dataset,
+            "status": "queued",
+            "config": json.dumps(config),
+            "summary": "{}",
+            "user": user or "",
+            "tags": json.dumps(sorted(set(tags))),
+            "note": "",
+            "created_at": now(),
+            "cancel_requested": 0,
+            "resume_requested": 0,
+        }
+    )
+    return table.last_pk
+
+
+def get_run(db, run_id: int) -> dict[str, Any] | None:
+    rows = list(db.query("select * from runs where id = ?", [run_id]))
+    return _decode(rows[0]) if rows else None
+
+
+def list_runs(
+    db,
+    status: str | Iterable[str] | None = None,
+    task: str | None = None,
+    model: str | None = None,
+    tag: str | None = None,
+    search: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Runs, newest first, filtered by status, task, model, tag and a name search."""
+    where, args = [], []
+    if status:
+        statuses = [status] if isinstance(status, str) else list(status)
+        where.append(f"status in ({','.join('?' * len(statuses))})")
+        args += statuses
+    for col, value in (("task", task), ("model", model)):
+        if value:
+            where.append(f"{col} = ?")
+            args.append(value)
+    if tag:
+        where.append("exists (select 1 from json_each(runs.tags) where value = ?)")
+        args.append(tag)
+    if search:
+        where.append("name like ?")
+        args.append(f"%{search}%")
+    sql = "select * from runs"
+    if where:
+        sql += " where " + " and ".join(where)
+    sql += " order by id desc"
+    if limit:
+        sql += f" limit {int(limit)}"
+    return [_decode(r) for r in db.query(sql, args)]
+
+
+def claim_run(db, worker: str, run_id: int | None = None) -> dict[str, Any] | None:
+    """Atomically take the oldest queued run (or `run_id`) and mark it running."""
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        sql = "select id from runs where status = 'queued'"
+        args: list[Any] = []
+        if run_id is not None:
+            sql += " and id = ?"
+            args.append(run_id)
+        row = db.conn.execute(sql + " order by id limit 1", args).fetchone()
+        if row is None:
+            return None
+        stamp = now()
+        db.conn.execute(
+            "update runs set status = 'running', worker = ?, started_at = ?, heartbeat_at = ?, "
+            "finished_at = null, error = null where id = ?",
+            [worker, stamp, stamp, row[0]],
+        )
+    return get_run(db, row[0])
+
+
+def set_status(db, run_id: int, status: str, error: str | None = None, **fields: Any) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
+    values = {"status": status, "error": error, **fields}
+    if status in FINISHED:
+        values["finished_at"] = now()
+    with db.conn:
+        db["runs"].update(run_id, values)
+
+
+def requeue_run(db, run_id: int, resume: bool) -> None:
+    """Put a finished run back in the queue; with `resume`, it continues from its checkpoint."""
+    with db.conn:
+        db["runs"].update(
+            run_id,
+            {
+                "status": "queued",
+                "resume_requested": int(resume),
+                "cancel_requested": 0,
+                "error": None,
+                "finished_at": None,
+            },
+        )
+
+
+def request_cancel(db, run_id: int) -> None:
+    run = get_run(db, run_id)
+    if run is None:
+        raise KeyError(run_id)
+    with db.conn:
+        if run["status"] == "queued":
+            # Nobody has it yet: cancelling is immediate.
+            db.conn.execute(
+                "update runs set status = 'cancelled', finished_at = ?, cancel_requested = 1 "
+                "where id = ? and status = 'queued'",
+                [now(), run_id],
+            )
+        else:
+            db.conn.execute("update runs set cancel_requested = 1 where id = ?", [run_id])
+
+
+def cancel_requested(db, run_id: int) -> bool:
+    row = db.execute("select cancel_requested from runs where id = ?", [run_id]).fetchone()
+    return bool(row and row[0])
+
+
+def heartbeat(db, run_id: int) -> None:
+    with db.conn:
+        db.conn.execute("update runs set heartbeat_at = ? where id = ?", [now(), run_id])
+
+
+def update_summary(db, run_id: int, **fields: Any) -> dict[str, Any]:
+    """Merge fields into the run's summary JSON (trainer only)."""
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        row = db.conn.execute("select summary from runs where id = ?", [run_id]).fetchone()
+        summary = json.loads(row[0] or "{}") if row else {}
+        summary.update(fields)
+        db.conn.execute(
+            "update runs set summary = ?, heartbeat_at = ? where id = ?",
+            [json.dumps(summary), now(), run_id],
+        )
+    return summary
+
+
+def set_tags(db, run_id: int, tags: Iterable[str]) -> None:
+    clean = sorted({t.strip() for t in tags if t and t.strip()})
+    with db.conn:
+        db["runs"].update(run_id, {"tags": json.dumps(clean)})
+
+
+def set_note(db, run_id: int, note: str) -> None:
+    with db.conn:
+        db["runs"].update(run_id, {"note": note})
+
+
+def rename_run(db, run_id: int, name: str) -> None:
+    with db.conn:
+        db["runs"].update(run_id, {"name": name})
+
+
+def delete_run(db, run_id: int) -> None:
+    """Delete a run's rows and its folder. A running run must be cancelled first."""
+    run = get_run(db, run_id)
+    if run is None:
+        raise KeyError(run_id)
+    if run["status"] == "running":
+        raise ValueError(f"run {run_id} is running: cancel it before deleting")
+    with db.conn:
+        db.conn.execute("delete from metrics where run_id = ?", [run_id])
+        db.conn.execute("delete from runs where id = ?", [run_id])
+    shutil.rmtree(Path(db.home) / str(run_id), ignore_errors=True)
+
+
+def all_tags(db) -> list[str]:
+    rows = db.execute(
+        "select distinct value from runs, json_each(runs.tags) order by value"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def add_metrics(db, run_id: int, step: int, epoch: int, values: dict[str, float]) -> None:
+    rows = [
+        (run_id, name, int(step), int(epoch), float(value))
+        for name, value in values.items()
+        if value is not None
+    ]
+    with db.conn:
+        db.conn.executemany(
+            "insert into metrics (run_id, name, step, epoch, value) values (?, ?, ?, ?, ?)", rows
+        )
+
+
+def delete_metrics_after(db, run_id: int, epoch: int) -> None:
+    """Drop metric rows of epochs after `epoch` (a resumed run redoes them)."""
+    with db.conn:
+        db.conn.execute("delete from metrics where run_id = ? and epoch > ?", [run_id, epoch])
+
+
+def get_metrics(db, run_id: int, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    sql = "select name, step, epoch, value from metrics where run_id = ?"
+    args: list[Any] = [run_id]
+    if names:
+        names = list(names)
+        sql += f" and name in ({','.join('?' * len(names))})"
+        args += names
+    return list(db.query(sql + " order by step, rowid", args))
+
+
+def metric_names(db, run_id: int) -> list[str]:
+    rows = db.execute("select distinct name from metrics where run_id = ? order by name", [run_id])
+    return [r[0] for r in rows.fetchall()]
+
+
+def run_as_json(db, run_id: int) -> dict[str, Any] | None:
+    """The public shape of `visionboard runs show ID --json`."""
+    run = get_run(db, run_id)
+    if run is None:
+        return None
+    keys = ("id", "name", "status", "task", "model", "dataset", "user", "tags", "note", "error")
+    times = ("created_at", "started_at", "finished_at", "heartbeat_at")
+    out = {k: run[k] for k in keys}
+    out.update({k: run[k] for k in times})
+    out["config"] = run["config"]
+    out["summary"] = run["summary"]
+    out["metrics"] = get_metrics(db, run_id)
+    return out
+
+
+# -- datasets -----------------------------------------------------------------------------
+
+
+def register_dataset(
+    db, name: str, path: str, format: str, task: str, info: dict | None = None
+) -> None:
+    with db.conn:
+        db["datasets"].upsert(
+            {
+                "name": name,
+                "path": str(path),
+                "format": format,
+                "task": task,
+                "created_at": now(),
+                "info": json.dumps(info or {}),
+            },
+            pk="name",
+        )
+
+
+def list_datasets(db) -> list[dict[str, Any]]:
+    rows = list(db.query("select * from datasets order by name"))
+    for r in rows:
+        r["info"] = json.loads(r["info"] or "{}")
+    return rows
+
+
+def get_dataset(db, name: str) -> dict[str, Any] | None:
+    rows = [r for r in list_datasets(db) if r["name"] == name]
+    return rows[0] if rows else None
+
+
+def delete_dataset(db, name: str) -> None:
+    with db.conn:
+        db.conn.execute("delete from datasets where name = ?", [name])
+
+
+def resolve_dataset(db, name_or_path: str) -> str:
+    """A registered dataset's path, or the argument itself when it names no registered one."""
+    found = get_dataset(db, name_or_path)
+    return found["path"] if found else name_or_path
