@@ -1,0 +1,414 @@
+"""`visionboard`: the command line, for people who live in a terminal and for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from engine import store
+from engine.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+# -- serve / worker -----------------------------------------------------------------------
+
+
+def cmd_serve(args) -> int:
+    from engine.sample import ensure_samples
+
+    home = store.home_dir(args.home)
+    ensure_samples(store.connect(home), home)
+    env = dict(os.environ, VISIONBOARD_HOME=str(home))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "--home", str(home), "worker"], env=env, cwd=ROOT
+    )
+    app = subprocess.Popen(
+        [
+            sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+            "--server.port", str(args.port), "--server.address", args.host,
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        ],
+        env=env,
+        cwd=ROOT,
+    )  # fmt: skip
+    print(
+        f"VisionBoard: http://{args.host}:{args.port}  (data in {home}; Ctrl-C stops)", flush=True
+    )
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while worker.poll() is None and app.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in (app, worker):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in (app, worker):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from engine.worker import Worker
+
+    worker = Worker(args.home)
+
+    def stop(*_):
+        worker.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"worker {worker.id} serving {worker.home} ({len(worker.gpus)} GPU(s))", flush=True)
+    worker.run(once=args.once)
+    return 0
+
+
+# -- train --------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    db = store.connect(args.home)
+    if args.resume is not None:
+        run = store.get_run(db, args.resume)
+        if run is None:
+            return _fail(f"run {args.resume} not found")
+        if run["status"] in ("running", "queued"):
+            return _fail(
+                f"run {args.resume} is {run['status']}: only a failed or cancelled run resumes"
+            )
+        store.requeue_run(db, args.resume, resume=True)
+        run_id = args.resume
+        print(f"resuming run {run_id}: {run['name']}")
+    else:
+        if not args.config and not args.set:
+            return _fail("give a config file (TOML or JSON) and/or --set key=value")
+        try:
+            cfg = load_config(args.config, args.set)
+        except ConfigError as exc:
+            return _fail(str(exc))
+        path = store.resolve_dataset(db, cfg.dataset)
+        if not Path(path).exists():
+            return _fail(f"dataset: {cfg.dataset!r} is neither a path nor a registered dataset")
+        run_id = store.create_run(
+            db, cfg.resolved(), name=cfg.name, user=_user(), tags=args.tag or []
+        )
+        print(f"queued run {run_id}: {store.get_run(db, run_id)['name']}")
+    if args.no_follow:
+        return 0
+    return follow(db, run_id, store.home_dir(args.home))
+
+
+def _user() -> str:
+    return (
+        os.environ.get("VISIONBOARD_USER")
+        or os.environ.get("USER")
+        or os.environ.get("USERNAME")
+        or ""
+    )
+
+
+def follow(db, run_id: int, home: Path) -> int:
+    """Show a run's progress until it ends; start a worker for it when none serves `home`."""
+    from tqdm import tqdm
+
+    from engine.worker import Worker, worker_running
+
+    thread = None
+    if not worker_running(home):
+        worker = Worker(home, only_run=run_id)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+    bar = tqdm(total=None, unit="step", dynamic_ncols=True)
+    cancelling = False
+    try:
+        while True:
+            try:
+                run = store.get_run(db, run_id)
+                summary = run["summary"]
+                if summary.get("steps_per_epoch") and bar.total is None:
+                    bar.total = summary["steps_per_epoch"] * summary.get("epochs", 1)
+                    bar.refresh()
+                if summary.get("step") is not None:
+                    bar.n = min(summary["step"], bar.total or summary["step"])
+                post = {"status": run["status"]}
+                if summary.get("current_epoch") or summary.get("epoch"):
+                    post["epoch"] = (
+                        f"{summary.get('current_epoch', summary.get('epoch'))}/{summary.get('epochs')}"
+                    )
+                if summary.get("best_metric") is not None:
+                    post[f"best {summary.get('metric')}"] = f"{summary['best_metric']:.4f}"
+                bar.set_postfix(post)
+                if run["status"] in store.FINISHED:
+                    break
+                time.sleep(1)
+            except KeyboardInterrupt:
+                if cancelling:
+                    raise
+                cancelling = True
+                store.request_cancel(db, run_id)
+                bar.write("cancelling (Ctrl-C again to leave; the run stops at its next step)")
+    finally:
+        bar.close()
+    if thread is not None:
+        thread.join(timeout=30)
+    run = store.get_run(db, run_id)
+    print_summary(run)
+    return 0 if run["status"] == "completed" else 1
+
+
+def print_summary(run: dict) -> None:
+    s = run["summary"]
+    print(f"run {run['id']} {run['status']}: {run['name']}")
+    if run.get("error"):
+        print(f"  error: {run['error']}")
+    for key in (
+        "stop_reason",
+        "best_metric",
+        "best_epoch",
+        "epochs_trained",
+        "metric",
+        "global_batch_size",
+        "trainable_params",
+    ):
+        if s.get(key) is not None:
+            print(f"  {key}: {s[key]}")
+    print(f"  files: {store.home_dir() / str(run['id'])}")
+
+
+# -- runs ---------------------------------------------------------------------------------
+
+
+def cmd_runs(args) -> int:
+    db = store.connect(args.home)
+    action = args.action
+    if action == "list":
+        runs = store.list_runs(db, status=args.status)
+        if args.json:
+            print(json.dumps([_run_brief(r) for r in runs], indent=2))
+            return 0
+        print_table(
+            ["id", "name", "status", "task", "model", "best", "epochs", "user", "created"],
+            [
+                [
+                    r["id"], r["name"][:40], r["status"], r["task"], r["model"],
+                    _fmt(r["summary"].get("best_metric")),
+                    f"{r['summary'].get('epochs_trained', 0)}/{r['config'].get('epochs')}",
+                    r["user"], (r["created_at"] or "")[:16],
+                ]
+                for r in runs
+            ],
+        )  # fmt: skip
+        return 0
+    if args.id is None:
+        return _fail(f"runs {action} needs a run id")
+    if store.get_run(db, args.id) is None:
+        return _fail(f"run {args.id} not found")
+    if action == "show":
+        data = store.run_as_json(db, args.id)
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            print_summary(store.get_run(db, args.id))
+            print(json.dumps(data["config"], indent=2))
+    elif action == "cancel":
+        store.request_cancel(db, args.id)
+        print(f"cancel requested for run {args.id}")
+    elif action == "delete":
+        try:
+            store.delete_run(db, args.id)
+        except ValueError as exc:
+            return _fail(str(exc))
+        print(f"deleted run {args.id}")
+    return 0
+
+
+def _run_brief(run: dict) -> dict:
+    keys = (
+        "id",
+        "name",
+        "status",
+        "task",
+        "model",
+        "dataset",
+        "user",
+        "tags",
+        "created_at",
+        "finished_at",
+    )
+    return {**{k: run[k] for k in keys}, "summary": run["summary"]}
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+# -- datasets / weights -------------------------------------------------------------------
+
+
+def cmd_datasets(args) -> int:
+    db = store.connect(args.home)
+    if args.action == "list":
+        for d in store.list_datasets(db):
+            print(f"{d['name']}\t{d['task']}\t{d['format']}\t{d['path']}")
+        return 0
+    from engine.data import inspect_dataset
+
+    if not args.path:
+        return _fail(f"datasets {args.action} needs a PATH")
+    path = store.resolve_dataset(db, args.path)
+    info = inspect_dataset(path, task=args.task, fmt=args.format)
+    if args.action == "add":
+        if info.get("error"):
+            return _fail(f"{path}: {info['error']}")
+        name = args.name or Path(path).name
+        store.register_dataset(
+            db, name, str(Path(path).resolve()), info["format"], info["task"], info
+        )
+        print(f"registered dataset {name!r} ({info['task']}, {info['format']})")
+        return 0
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"{info['path']}: {info.get('task')}, format {info.get('format')}")
+        if info.get("error"):
+            print(f"  error: {info['error']}")
+        print(f"  images: {info.get('images')}")
+        for cls, counts in (info.get("images_per_class") or {}).items():
+            boxes = (info.get("boxes_per_class") or {}).get(cls)
+            print(f"  {cls}: {counts}" + (f", {boxes} boxes" if boxes is not None else ""))
+        for p in info.get("problems") or []:
+            print(f"  problem: {p['file']}: {p['message']}")
+    return 1 if info.get("error") else 0
+
+
+def cmd_weights(args) -> int:
+    from engine import weights
+
+    try:
+        if args.action == "list":
+            rows = weights.list_weights(args.home)
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                print_table(
+                    ["model", "available", "source", "path"],
+                    [
+                        [
+                            r["model"],
+                            "yes" if r["available"] else "no",
+                            r["source"] or "",
+                            r["path"] or "",
+                        ]
+                        for r in rows
+                    ],
+                )
+        elif args.action == "pull":
+            print(f"{args.model}: {weights.pull_weights(args.model)}")
+        elif args.action == "import":
+            if not args.file:
+                return _fail("weights import needs MODEL and FILE")
+            print(
+                f"{args.model}: imported to {weights.import_weights(args.model, args.file, args.home)}"
+            )
+    except (ValueError, OSError, RuntimeError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    home = argparse.ArgumentParser(add_help=False)
+    home.add_argument(
+        "--home",
+        default=argparse.SUPPRESS,
+        help="data directory (default: $VISIONBOARD_HOME or ./runs)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="visionboard",
+        description="VisionBoard: train image classifiers and detectors.",
+        parents=[home],
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", parents=[home], help="start the dashboard and a worker")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="localhost")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", parents=[home], help="train queued runs")
+    p.add_argument("--once", action="store_true", help="stop when the queue is empty")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("train", parents=[home], help="queue a run and follow it")
+    p.add_argument("config", nargs="?", help="TOML or JSON config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    p.add_argument("--resume", type=int, metavar="ID", help="continue a failed or cancelled run")
+    p.add_argument("--tag", action="append", help="tag the run")
+    p.add_argument("--no-follow", action="store_true", help="queue and return")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", parents=[home], help="list, show, cancel or delete runs")
+    p.add_argument(
+        "action", nargs="?", default="list", choices=["list", "show", "cancel", "delete"]
+    )
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--status", choices=store.STATUSES)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("datasets", parents=[home], help="inspect, add or list datasets")
+    p.add_argument("action", choices=["inspect", "add", "list"])
+    p.add_argument("path", nargs="?")
+    p.add_argument("--format", default="auto")
+    p.add_argument("--task", choices=["classification", "detection"])
+    p.add_argument("--name", help="name to register the dataset under (add)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("weights", parents=[home], help="pre-trained weights: list, pull, import")
+    p.add_argument("action", choices=["list", "pull", "import"])
+    p.add_argument("model", nargs="?")
+    p.add_argument("file", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_weights)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.home = getattr(args, "home", None)
+    if args.home:
+        os.environ["VISIONBOARD_HOME"] = str(Path(args.home).resolve())
+    if args.command == "weights" and args.action in ("pull", "import") and not args.model:
+        return _fail(f"weights {args.action} needs a MODEL")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+import json
+
+import pytest
+
+from engine.config import (
+    ConfigError,
+    RunConfig,
+    field_info,
+    load_config,
+    parse_overrides,
+)
+
+
+def errors_of(data):
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict(data)
+    return info.value.by_field()
+
+
+def test_defaults_follow_design():
+    cfg = RunConfig.from_dict({"dataset": "d"})
+    assert cfg.task == "classification"
+    assert cfg.model_name == "efficientnet_b4"
+    assert cfg.metric_name == "roc_auc"
+    assert (cfg.optimizer, cfg.lr, cfg.lr_schedule, cfg.batch_size, cfg.epochs) == (
+        "adam",
+        0.001,
+        "plateau",
+        32,
+        50,
+    )
+    assert (cfg.early_stopping_patience, cfg.early_stopping_delta) == (5, 0.001)
+    assert cfg.gamma == 0.1
+    det = RunConfig.from_dict({"dataset": "d", "task": "detection", "lr_schedule": "exponential"})
+    assert det.model_name == "fasterrcnn_resnet50_fpn"
+    assert det.metric_name == "f1"
+    assert det.gamma == 0.95
+    assert det.resolved()["model"] == "fasterrcnn_resnet50_fpn"
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("task", "segmentation", "one of classification, detection"),
+        ("dataset_format", "parquet", "one of auto, imagefolder"),
+        ("test_ratio", 0.95, "at most 0.9"),
+        ("test_ratio", 0, "at least 0.01"),
+        ("seed", -1, "at least 0"),
+        ("optimizer", "lion", "one of adam, sgd, rmsprop, adamax, adagrad, adadelta"),
+        ("lr", "fast", "a number"),
+        ("lr", -0.1, "at least 0.0"),
+        ("weight_decay", -1, "at least 0.0"),
+        ("momentum", 1.5, "at most 1.0"),
+        ("lr_schedule", "cosine", "one of plateau, step, exponential"),
+        ("plateau_patience", -1, "at least 0"),
+        ("plateau_factor", 2, "at most 1.0"),
+        ("step_size", 0, "at least 1"),
+        ("lr_gamma", 1.5, "at most 1.0"),
+        ("warmup", "maybe", "true or false"),
+        ("epochs", 0, "at least 1"),
+        ("epochs", 2.5, "a whole number"),
+        ("early_stopping", "perhaps", "true or false"),
+        ("early_stopping_patience", 0, "at least 1"),
+        ("early_stopping_delta", -0.1, "at least 0.0"),
+        ("batch_size", 0, "at least 1"),
+        ("metric", "bleu", "for classification: roc_auc, accuracy"),
+        ("augment_rotation", 270, "at most 180.0"),
+        ("crop_min_ratio", 0, "at least 0.05"),
+        ("device", "tpu", "one of auto, cpu, cuda"),
+        ("num_processes", 0, "at least 1"),
+        ("mixed_precision", "fp8", "one of no, fp16, bf16"),
+        ("retrained_layers", -2, "at least 0"),
+        ("image_size", 8, "at least 16"),
+        ("model", "fasterrcnn_resnet50_fpn", "for classification"),
+        ("pretrained", "sometimes", "true or false"),
+        ("colour", 1, "a known key"),
+    ],
+)
+def test_every_field_error_names_field_value_and_allowed(key, value, expected):
+    errors = errors_of({"dataset": "d", key: value})
+    assert key in errors
+    assert repr(value) in errors[key] or str(value) in errors[key]
+    assert expected in errors[key]
+
+
+def test_detection_specific_errors():
+    errors = errors_of(
+        {
+            "dataset": "d",
+            "task": "detection",
+            "model": "efficientnet_b0",
+            "metric": "roc_auc",
+            "retrained_layers": 6,
+            "dataset_format": "imagefolder",
+        }
+    )
+    assert "for detection" in errors["model"]
+    assert "map_50" in errors["metric"]
+    assert "0 to 5" in errors["retrained_layers"]
+    assert "coco" in errors["dataset_format"]
+
+
+def test_all_errors_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"lr": "x", "epochs": 0, "optimizer": "nope"})
+    fields = {e.field for e in info.value.errors}
+    assert fields == {"lr", "epochs", "optimizer", "dataset"}
+    assert "lr: got 'x', expected a number" in str(info.value)
+
+
+def test_strings_from_forms_and_cli_are_coerced():
+    cfg = RunConfig.from_dict(
+        {
+            "dataset": "d",
+            "batch_size": "8",
+            "lr": "1e-4",
+            "pretrained": "false",
+            "image_size": "",
+            "warmup": "yes",
+        }
+    )
+    assert cfg.batch_size == 8 and cfg.lr == 1e-4
+    assert cfg.pretrained is False and cfg.warmup is True
+    assert cfg.image_size is None
+
+
+def test_toml_json_and_overrides(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('dataset = "data/digits"\nmodel = "efficientnet_b0"\nepochs = 3\n')
+    cfg = load_config(toml, ["epochs=5", "lr=0.01"])
+    assert (cfg.dataset, cfg.model, cfg.epochs, cfg.lr) == (
+        "data/digits",
+        "efficientnet_b0",
+        5,
+        0.01,
+    )
+    js = tmp_path / "run.json"
+    js.write_text(json.dumps({"dataset": "x", "task": "detection"}))
+    assert load_config(js).task == "detection"
+
+
+def test_broken_files_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"dataset": "x",\n "lr": }')
+    with pytest.raises(ConfigError, match=r"bad.json.*line 2"):
+        load_config(bad)
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("dataset = \n")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_config(bad_toml)
+    with pytest.raises(ConfigError, match="missing.toml"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_field_info_covers_every_key_with_group_and_help():
+    info = {f["name"]: f for f in field_info()}
+    for key in (
+        "task",
+        "dataset",
+        "dataset_format",
+        "test_ratio",
+        "seed",
+        "model",
+        "pretrained",
+        "retrained_layers",
+        "image_size",
+        "optimizer",
+        "lr",
+        "weight_decay",
+        "momentum",
+        "lr_schedule",
+        "plateau_patience",
+        "plateau_factor",
+        "step_size",
+        "lr_gamma",
+        "warmup",
+        "epochs",
+        "early_stopping",
+        "early_stopping_patience",
+        "early_stopping_delta",
+        "batch_size",
+        "metric",
+        "augment_color",
+        "augment_hflip",
+        "augment_vflip",
+        "augment_rotation",
+        "augment_crop",
+        "crop_min_ratio",
+        "device",
+        "num_processes",
+        "mixed_precision",
+    ):
+        assert info[key]["group"] and info[key]["help"], key
+
+
+def test_readme_documents_every_key():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [f["name"] for f in field_info() if f"`{f['name']}`" not in readme]
+    assert not missing, f"README config reference lacks {missing}"

@@ -1,0 +1,160 @@
+import sqlite3
+import threading
+
+import pytest
+
+from engine import store
+
+
+def config(**kw):
+    return {
+        "task": "classification",
+        "model": "efficientnet_b0",
+        "dataset": "/data/digits",
+        "epochs": 2,
+        **kw,
+    }
+
+
+def test_connect_sets_wal_busy_timeout_and_migrates(home):
+    db = store.connect(home)
+    assert db.journal_mode == "wal"
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store.MIGRATIONS)
+    assert {"runs", "metrics", "datasets"} <= set(db.table_names())
+    # Reconnecting does not migrate twice.
+    again = store.connect(home)
+    assert again.execute("PRAGMA user_version").fetchone()[0] == len(store.MIGRATIONS)
+
+
+def test_create_and_read_run(db):
+    run_id = store.create_run(db, config(), user="ada", tags=["b", "a"])
+    run = store.get_run(db, run_id)
+    assert run["status"] == "queued"
+    assert run["config"]["model"] == "efficientnet_b0"
+    assert run["name"] == "efficientnet_b0 on digits"
+    assert run["user"] == "ada" and run["tags"] == ["a", "b"]
+    assert store.get_run(db, 999) is None
+
+
+def test_claim_is_atomic_and_in_order(db, home):
+    ids = [store.create_run(db, config()) for _ in range(6)]
+    claimed = []
+
+    def claim():
+        conn = store.connect(home)
+        while (run := store.claim_run(conn, threading.current_thread().name)) is not None:
+            claimed.append(run["id"])
+
+    threads = [threading.Thread(target=claim, name=f"w{i}") for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == ids  # each run claimed exactly once
+    assert all(r["status"] == "running" for r in store.list_runs(db))
+
+
+def test_status_summary_cancel_and_requeue(db):
+    run_id = store.create_run(db, config())
+    store.claim_run(db, "w")
+    store.update_summary(db, run_id, epoch=1, best_metric=0.5)
+    store.update_summary(db, run_id, epoch=2)
+    assert store.get_run(db, run_id)["summary"] == {"epoch": 2, "best_metric": 0.5}
+    store.request_cancel(db, run_id)
+    assert store.cancel_requested(db, run_id)
+    store.set_status(db, run_id, "cancelled")
+    run = store.get_run(db, run_id)
+    assert run["status"] == "cancelled" and run["finished_at"]
+    store.requeue_run(db, run_id, resume=True)
+    run = store.get_run(db, run_id)
+    assert (run["status"], run["resume_requested"], run["cancel_requested"]) == ("queued", 1, 0)
+    with pytest.raises(ValueError, match="status 'done'"):
+        store.set_status(db, run_id, "done")
+
+
+def test_cancel_of_a_queued_run_is_immediate(db):
+    run_id = store.create_run(db, config())
+    store.request_cancel(db, run_id)
+    assert store.get_run(db, run_id)["status"] == "cancelled"
+    assert store.claim_run(db, "w") is None
+
+
+def test_metrics_long_table_and_resume_cleanup(db):
+    run_id = store.create_run(db, config())
+    store.add_metrics(db, run_id, 1, 1, {"lr": 0.1, "train_loss_step": 2.0})
+    store.add_metrics(db, run_id, 2, 1, {"test_accuracy": 0.5})
+    store.add_metrics(db, run_id, 3, 2, {"test_accuracy": 0.7, "none": None})
+    assert len(store.get_metrics(db, run_id)) == 4
+    assert store.metric_names(db, run_id) == ["lr", "test_accuracy", "train_loss_step"]
+    store.delete_metrics_after(db, run_id, 1)
+    assert [m["epoch"] for m in store.get_metrics(db, run_id, ["test_accuracy"])] == [1]
+
+
+def test_run_as_json_shape(db):
+    run_id = store.create_run(db, config())
+    store.update_summary(
+        db,
+        run_id,
+        best_metric=0.9,
+        best_epoch=1,
+        epochs_trained=2,
+        stop_reason="epoch limit",
+        global_batch_size=64,
+    )
+    store.add_metrics(db, run_id, 4, 1, {"test_roc_auc": 0.9})
+    data = store.run_as_json(db, run_id)
+    assert {"id", "name", "status", "config", "summary", "metrics"} <= set(data)
+    assert data["summary"]["global_batch_size"] == 64
+    assert data["metrics"] == [{"name": "test_roc_auc", "step": 4, "epoch": 1, "value": 0.9}]
+
+
+def test_list_filters_tags_notes_delete(db, home):
+    a = store.create_run(db, config(), name="alpha", tags=["baseline"])
+    b = store.create_run(db, config(task="detection", model="fasterrcnn_resnet50_fpn"), name="beta")
+    assert [r["id"] for r in store.list_runs(db)] == [b, a]
+    assert [r["id"] for r in store.list_runs(db, task="detection")] == [b]
+    assert [r["id"] for r in store.list_runs(db, tag="baseline")] == [a]
+    assert [r["id"] for r in store.list_runs(db, search="alp")] == [a]
+    store.set_tags(db, b, ["x", " ", "y"])
+    assert store.all_tags(db) == ["baseline", "x", "y"]
+    store.set_note(db, a, "lr too high")
+    assert store.get_run(db, a)["note"] == "lr too high"
+    folder = store.run_dir(a, home)
+    (folder / "train.log").write_text("log")
+    store.add_metrics(db, a, 1, 1, {"lr": 1})
+    store.delete_run(db, a)
+    assert store.get_run(db, a) is None and not folder.exists()
+    assert store.get_metrics(db, a) == []
+    store.claim_run(db, "w")
+    with pytest.raises(ValueError, match="running"):
+        store.delete_run(db, b)
+
+
+def test_datasets_registry(db):
+    store.register_dataset(
+        db, "digits", "/data/digits", "imagefolder", "classification", {"images": 10}
+    )
+    assert store.get_dataset(db, "digits")["info"] == {"images": 10}
+    assert store.resolve_dataset(db, "digits") == "/data/digits"
+    assert store.resolve_dataset(db, "/other") == "/other"
+    store.delete_dataset(db, "digits")
+    assert store.list_datasets(db) == []
+
+
+def test_corrupt_json_column_does_not_crash_reads(db):
+    run_id = store.create_run(db, config())
+    db.conn.execute("update runs set summary = '{broken' where id = ?", [run_id])
+    assert store.get_run(db, run_id)["summary"] == {}
+
+
+def test_busy_database_waits_instead_of_failing(home):
+    db = store.connect(home)
+    run_id = store.create_run(db, config())
+    other = sqlite3.connect(home / store.DB_NAME, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.5, other.commit)
+    timer.start()
+    store.heartbeat(db, run_id)  # blocks until the other writer commits
+    timer.join()
+    assert store.get_run(db, run_id)["heartbeat_at"]

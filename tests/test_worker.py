@@ -1,0 +1,64 @@
+import os
+import socket
+
+from engine import store
+from engine.worker import Worker, launch_command
+
+
+def run_row(**cfg):
+    return {
+        "id": 7,
+        "resume_requested": 0,
+        "config": {"num_processes": 1, "mixed_precision": "no", **cfg},
+    }
+
+
+def test_cpu_single_process_uses_cpu_flag(home):
+    cmd, env = launch_command(run_row(), home, [], 29500)
+    assert "--cpu" in cmd and "--multi_gpu" not in cmd
+    assert cmd[cmd.index("--num_processes") + 1] == "1"
+    assert cmd[-4:] == ["--run-id", "7", "--home", str(home)]
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_cpu_several_processes_use_multi_gpu_which_starts_them_on_gloo(home):
+    cmd, _ = launch_command(run_row(num_processes=2), home, [], 29500)
+    # `--cpu --num_processes 2` silently starts one process.
+    assert "--multi_gpu" in cmd and "--cpu" not in cmd
+
+
+def test_gpus_are_handed_to_the_run(home):
+    cmd, env = launch_command(run_row(num_processes=2, mixed_precision="bf16"), home, [2, 3], 29500)
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert "--multi_gpu" in cmd and cmd[cmd.index("--mixed_precision") + 1] == "bf16"
+    resumed, _ = launch_command({**run_row(), "resume_requested": 1}, home, [0], 29500)
+    assert resumed[-1] == "--resume"
+
+
+def test_recover_marks_orphaned_runs_failed(db, home):
+    dead = store.create_run(db, {"task": "classification", "model": "m", "dataset": "d"})
+    stale = store.create_run(db, {"task": "classification", "model": "m", "dataset": "d"})
+    alive = store.create_run(db, {"task": "classification", "model": "m", "dataset": "d"})
+    store.claim_run(db, f"{socket.gethostname()}:999999", run_id=dead)
+    store.claim_run(db, "elsewhere:1", run_id=stale)
+    store.claim_run(db, f"{socket.gethostname()}:{os.getpid()}", run_id=alive)
+    db.conn.execute(
+        "update runs set heartbeat_at = '2000-01-01T00:00:00+00:00' where id = ?", [stale]
+    )
+    db.conn.commit()
+    Worker(home).recover()
+    assert store.get_run(db, dead)["status"] == "failed"
+    assert "stopped" in store.get_run(db, dead)["error"]
+    assert "no heartbeat" in store.get_run(db, stale)["error"]
+    assert store.get_run(db, alive)["status"] == "running"
+
+
+def test_cuda_run_on_a_machine_without_gpu_fails_with_reason(db, home):
+    run_id = store.create_run(
+        db, {"task": "classification", "model": "m", "dataset": "d", "device": "cuda"}
+    )
+    worker = Worker(home, only_run=run_id)
+    worker.gpus = []
+    worker.run()
+    run = store.get_run(db, run_id)
+    assert run["status"] == "failed" and "no GPU" in run["error"]
