@@ -339,6 +339,37 @@ def cmd_weights(args) -> int:
     return 0
 
 
+# -- predict / export ---------------------------------------------------------------------
+
+
+def cmd_predict(args) -> int:
+    from engine.predict import PredictError, predict_files
+
+    try:
+        result = predict_files(
+            args.run, args.files, out=args.out, batch_size=args.batch_size, home=args.home
+        )
+    except PredictError as exc:
+        return _fail(str(exc))
+    print(
+        f"{result['predicted']} image(s) predicted, {result['failed']} unreadable"
+        + (f" -> {args.out}" if args.out else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_export(args) -> int:
+    from engine.export import ExportError, export_run
+
+    try:
+        path = export_run(args.run, args.format, out=args.out, home=args.home)
+    except ExportError as exc:
+        return _fail(str(exc))
+    print(f"exported run {args.run} as {args.format}: {path}")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------
 
 
@@ -390,6 +421,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="name to register the dataset under (add)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("predict", parents=[home], help="predict images with a finished run's model")
+    p.add_argument("run", type=int)
+    p.add_argument("files", nargs="+", help="image files or folders")
+    p.add_argument(
+        "--out", help="write predictions to a .csv or .jsonl file (default: CSV on stdout)"
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", parents=[home], help="export a run's model")
+    p.add_argument("run", type=int)
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    p.add_argument("--out", help="output file (default: in the run's folder)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("weights", parents=[home], help="pre-trained weights: list, pull, import")
     p.add_argument("action", choices=["list", "pull", "import"])

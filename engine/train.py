@@ -325,6 +325,7 @@ class Trainer:
                     loss = torch.nn.functional.cross_entropy(self.model(images), labels)
                     losses = {}
                     n = len(labels)
+            lr = self.schedule.lr  # the rate this step uses, logged with it
             self.optimizer.zero_grad(set_to_none=True)
             self.accelerator.backward(loss)
             self.optimizer.step()
@@ -338,7 +339,7 @@ class Trainer:
             self.record(
                 self.state.step,
                 epoch,
-                {"lr": self.schedule.lr, "train_loss_step": float(loss_value)},
+                {"lr": lr, "train_loss_step": float(loss_value)},
             )
             if self.main and self.state.step % 5 == 0:
                 self.summary(epoch=epoch - 1, step=self.state.step, current_epoch=epoch)

@@ -1,0 +1,171 @@
+"""Optimizer and learning-rate schedule from a RunConfig: registries of name → constructor.
+
+The schedule has two clocks: `step_batch()` after every optimizer step drives the first epoch's
+linear warmup; `step_epoch(metric)` at every epoch's end drives the decay (plateau, step,
+exponential). Both are torch.optim.lr_scheduler classes, which chain on the same optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+
+from engine.config import RunConfig
+
+
+def _adam(params, cfg):
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _sgd(params, cfg):
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=False, weight_decay=cfg.weight_decay
+    )
+
+
+def _rmsprop(params, cfg):
+    return torch.optim.RMSprop(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def _adamax(params, cfg):
+    return torch.optim.Adamax(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _adagrad(params, cfg):
+    return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _adadelta(params, cfg):
+    return torch.optim.Adadelta(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+OPTIMIZERS = {
+    "adam": _adam,
+    "sgd": _sgd,
+    "rmsprop": _rmsprop,
+    "adamax": _adamax,
+    "adagrad": _adagrad,
+    "adadelta": _adadelta,
+}
+
+
+def _plateau(optimizer, cfg):
+    return lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode=cfg.metric_mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
+
+
+def _step(optimizer, cfg):
+    return lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+
+
+def _exponential(optimizer, cfg):
+    return lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
+
+
+SCHEDULES = {"plateau": _plateau, "step": _step, "exponential": _exponential}
+
+
+def create_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """cfg.optimizer over the model's trainable parameters (frozen ones are left out)."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(
+            f"unknown optimizer {cfg.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters: raise retrained_layers")
+    return OPTIMIZERS[cfg.optimizer](params, cfg)
+
+
+def create_schedule(
+    cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> LRSchedule:
+    if cfg.lr_schedule not in SCHEDULES:
+        raise ValueError(
+            f"unknown lr_schedule {cfg.lr_schedule!r}: expected one of {', '.join(SCHEDULES)}"
+        )
+    return LRSchedule(cfg, optimizer, steps_per_epoch)
+
+
+class LRSchedule:
+    """Warmup per batch over the first epoch, then cfg.lr_schedule per epoch."""
+
+    def __init__(self, cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+        self.optimizer = optimizer
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+        self.steps = 0
+        self.epochs = 0
+        self.warmup = None
+        if cfg.warmup and self.steps_per_epoch > 1:
+            # Step k of epoch 1 runs at lr * (k + 1) / n: from lr / n (a zero LR would waste a
+            # step) up to lr on the last step.
+            n = self.steps_per_epoch
+            self.warmup = lr_scheduler.LinearLR(
+                optimizer, start_factor=1 / n, end_factor=1.0, total_iters=n - 1
+            )
+        # Built after the warmup: the decay schedulers start from the LR it left.
+        self.decay = SCHEDULES[cfg.lr_schedule](optimizer, cfg)
+        self.warming = self.warmup is not None
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def step_batch(self) -> None:
+        """Call after every optimizer step."""
+        self.steps += 1
+        if self.warming:
+            if self.warmup.last_epoch < self.warmup.total_iters:
+                self.warmup.step()
+            if self.warmup.last_epoch >= self.warmup.total_iters:
+                self._end_warmup()
+
+    def step_epoch(self, metric_value: float | None = None) -> None:
+        """Call at every epoch's end with the epoch's metric (used by plateau)."""
+        self.epochs += 1
+        if self.warming:  # an epoch shorter than announced still ends the warmup at lr
+            self._end_warmup()
+        if isinstance(self.decay, lr_scheduler.ReduceLROnPlateau):
+            # No metric (or NaN, e.g. ROC AUC with a class missing from the test split) is no
+            # evidence either way: it does not count as an epoch without improvement.
+            if metric_value is not None and math.isfinite(float(metric_value)):
+                self.decay.step(float(metric_value))
+        else:
+            self.decay.step()
+
+    def _end_warmup(self) -> None:
+        # Land exactly on lr: the chained factors of LinearLR leave rounding errors.
+        for group, base in zip(self.optimizer.param_groups, self.warmup.base_lrs):
+            group["lr"] = base
+        self.warming = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "warming": self.warming,
+            "warmup": self.warmup.state_dict() if self.warmup is not None else None,
+            "decay": self.decay.state_dict(),
+            # The LRs themselves, so a resume continues the curve whatever order the optimizer's
+            # own state is restored in.
+            "lrs": [group["lr"] for group in self.optimizer.param_groups],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+        self.epochs = state["epochs"]
+        if self.warmup is not None and state.get("warmup") is not None:
+            self.warmup.load_state_dict(state["warmup"])
+            self.warming = state["warming"]
+        else:
+            self.warming = False
+        self.decay.load_state_dict(state["decay"])
+        for group, lr in zip(self.optimizer.param_groups, state["lrs"]):
+            group["lr"] = lr

@@ -1,0 +1,167 @@
+import pytest
+import torch
+from torch import nn
+
+from engine import optim
+from engine.config import RunConfig
+
+
+def make_cfg(**values):
+    return RunConfig.from_dict({"dataset": "x", **values})
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def train_step(model, optimizer):
+    optimizer.zero_grad()
+    loss = model(torch.randn(8, 4)).pow(2).mean()
+    loss.backward()
+    optimizer.step()
+
+
+def run(schedule, model, optimizer, epochs, steps, metrics=None):
+    """The LR used by every step, epoch by epoch."""
+    lrs = []
+    for epoch in range(epochs):
+        for _ in range(steps):
+            lrs.append(schedule.lr)
+            train_step(model, optimizer)
+            schedule.step_batch()
+        schedule.step_epoch(metrics[epoch] if metrics else 0.5)
+    return lrs
+
+
+@pytest.mark.parametrize("schedule_name", ["plateau", "step", "exponential"])
+@pytest.mark.parametrize("name", ["adam", "sgd", "rmsprop", "adamax", "adagrad", "adadelta"])
+def test_every_optimizer_and_schedule_trains(name, schedule_name):
+    cfg = make_cfg(optimizer=name, lr_schedule=schedule_name, lr=0.01, step_size=1)
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = optim.create_optimizer(cfg, model)
+    assert type(optimizer).__name__.lower() == name
+    schedule = optim.create_schedule(cfg, optimizer, steps_per_epoch=3)
+    run(schedule, model, optimizer, epochs=2, steps=3)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    if schedule_name == "step":
+        assert schedule.lr == pytest.approx(0.01 * 0.1**2)
+    if schedule_name == "exponential":
+        assert schedule.lr == pytest.approx(0.01 * 0.95**2)
+
+
+def test_optimizer_settings_come_from_the_config():
+    cfg = make_cfg(optimizer="sgd", lr=0.05, momentum=0.8, weight_decay=1e-4)
+    group = optim.create_optimizer(cfg, tiny_model()).param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.05, 0.8, 1e-4)
+    assert group["nesterov"] is False
+    group = optim.create_optimizer(make_cfg(optimizer="rmsprop"), tiny_model()).param_groups[0]
+    assert group["momentum"] == 0.9
+
+
+def test_only_trainable_parameters_are_optimized():
+    model = tiny_model()
+    model[0].requires_grad_(False)
+    optimizer = optim.create_optimizer(make_cfg(), model)
+    params = optimizer.param_groups[0]["params"]
+    assert len(params) == 2 and all(p.requires_grad for p in params)
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        optim.create_optimizer(make_cfg(), model)
+
+
+def test_unknown_names_list_the_valid_ones():
+    cfg = make_cfg()
+    cfg.optimizer = "lamb"
+    with pytest.raises(ValueError, match="'lamb'.*adam, sgd, rmsprop, adamax, adagrad, adadelta"):
+        optim.create_optimizer(cfg, tiny_model())
+    cfg = make_cfg()
+    cfg.lr_schedule = "cosine"
+    optimizer = optim.create_optimizer(make_cfg(), tiny_model())
+    with pytest.raises(ValueError, match="'cosine'.*plateau, step, exponential"):
+        optim.create_schedule(cfg, optimizer, 5)
+
+
+def test_warmup_rises_over_the_first_epoch_then_holds():
+    cfg = make_cfg(lr=0.01, lr_schedule="step", step_size=1, lr_gamma=0.5)
+    model = tiny_model()
+    optimizer = optim.create_optimizer(cfg, model)
+    schedule = optim.create_schedule(cfg, optimizer, steps_per_epoch=5)
+    assert schedule.lr == pytest.approx(0.01 / 5)  # not zero: the first step counts
+    lrs = run(schedule, model, optimizer, epochs=2, steps=5)
+    first, second = lrs[:5], lrs[5:]
+    assert all(a < b for a, b in zip(first, first[1:]))
+    assert first == pytest.approx([0.002, 0.004, 0.006, 0.008, 0.01])
+    assert first[-1] == 0.01  # exactly lr at the end of epoch 1
+    assert second == [0.005] * 5  # decayed once at the end of epoch 1, constant within epoch 2
+
+
+def test_no_warmup_starts_at_lr():
+    cfg = make_cfg(lr=0.01, warmup=False, lr_schedule="exponential", lr_gamma=0.5)
+    model = tiny_model()
+    optimizer = optim.create_optimizer(cfg, model)
+    schedule = optim.create_schedule(cfg, optimizer, steps_per_epoch=3)
+    lrs = run(schedule, model, optimizer, epochs=2, steps=3)
+    assert lrs == [0.01] * 3 + [0.005] * 3
+
+
+def test_plateau_cuts_after_patience():
+    cfg = make_cfg(lr=0.1, plateau_patience=2, plateau_factor=0.1, metric="accuracy")
+    model = tiny_model()
+    optimizer = optim.create_optimizer(cfg, model)
+    schedule = optim.create_schedule(cfg, optimizer, steps_per_epoch=2)
+    metrics = [0.5, 0.6, 0.6, 0.6, 0.6, None]
+    lrs = run(schedule, model, optimizer, epochs=6, steps=2, metrics=metrics)
+    per_epoch = lrs[1::2]
+    # Epochs 3 and 4 do not improve (patience 2); epoch 5 is the third: the LR is cut after it.
+    assert per_epoch[:5] == pytest.approx([0.1] * 5)
+    assert per_epoch[5] == pytest.approx(0.01)
+    assert schedule.lr == pytest.approx(0.01)  # no metric: no evidence, no cut
+
+
+def test_plateau_minimises_a_loss_metric():
+    cfg = make_cfg(lr=0.1, plateau_patience=0, metric="log_loss", warmup=False)
+    optimizer = optim.create_optimizer(cfg, tiny_model())
+    schedule = optim.create_schedule(cfg, optimizer, 1)
+    schedule.step_epoch(1.0)
+    schedule.step_epoch(0.5)  # lower is better: an improvement
+    assert schedule.lr == pytest.approx(0.1)
+    schedule.step_epoch(0.9)
+    assert schedule.lr == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("schedule_name", ["plateau", "step", "exponential"])
+def test_resume_continues_the_same_lr_curve(schedule_name):
+    cfg = make_cfg(lr=0.01, lr_schedule=schedule_name, step_size=2, plateau_patience=1)
+    metrics = [0.5, 0.5, 0.5, 0.6, 0.6, 0.6, 0.6]
+
+    model = tiny_model()
+    optimizer = optim.create_optimizer(cfg, model)
+    schedule = optim.create_schedule(cfg, optimizer, steps_per_epoch=4)
+    straight = run(schedule, model, optimizer, epochs=7, steps=4, metrics=metrics)
+
+    model = tiny_model()
+    optimizer = optim.create_optimizer(cfg, model)
+    schedule = optim.create_schedule(cfg, optimizer, steps_per_epoch=4)
+    # Stop in the middle of the warmup's epoch, as a checkpoint after a crash would.
+    first = []
+    for _ in range(2):
+        first.append(schedule.lr)
+        train_step(model, optimizer)
+        schedule.step_batch()
+    saved = (optimizer.state_dict(), schedule.state_dict())
+
+    optimizer = optim.create_optimizer(cfg, model)
+    schedule = optim.create_schedule(cfg, optimizer, steps_per_epoch=4)
+    schedule.load_state_dict(saved[1])
+    optimizer.load_state_dict(saved[0])
+    rest = []
+    for _ in range(2):
+        rest.append(schedule.lr)
+        train_step(model, optimizer)
+        schedule.step_batch()
+    schedule.step_epoch(metrics[0])
+    rest += run(schedule, model, optimizer, epochs=6, steps=4, metrics=metrics[1:])
+    assert first + rest == pytest.approx(straight)
+    assert len(set(straight)) > 4  # the curve does move: warmup and at least one decay
