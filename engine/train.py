@@ -166,7 +166,6 @@ class Trainer:
             self.model, optimizer, train_loader, test_loader
         )
         self.schedule = create_schedule(cfg, self.optimizer, len(self.train_loader))
-        self.accelerator.register_for_checkpointing(self.schedule)
         procs = self.accelerator.num_processes
         self.summary(
             metric=cfg.metric_name,
@@ -231,6 +230,8 @@ class Trainer:
         self.accelerator.save_state(str(new), safe_serialization=True)
         if self.main:
             (new / "trainer.json").write_text(json.dumps(asdict(self.state)))
+            # JSON rather than accelerate's custom-object pickle: resume never unpickles.
+            (new / "schedule.json").write_text(json.dumps(self.schedule.state_dict()))
             old = self.dir / "checkpoint.old"
             if self.checkpoint_dir.exists():
                 self.checkpoint_dir.rename(old)
@@ -242,6 +243,7 @@ class Trainer:
         for folder in (self.checkpoint_dir, self.dir / "checkpoint.old"):
             if (folder / "trainer.json").exists():
                 self.accelerator.load_state(str(folder))
+                self.schedule.load_state_dict(json.loads((folder / "schedule.json").read_text()))
                 self.state = TrainState(**json.loads((folder / "trainer.json").read_text()))
                 return True
         return False

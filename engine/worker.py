@@ -23,6 +23,7 @@ from engine import store
 
 POLL_SECONDS = 1.0
 CANCEL_GRACE_SECONDS = 60.0  # a cancelled trainer stops at its next step; then it is killed
+RECOVER_SECONDS = 30.0  # how often other workers' runs are checked for a pulse
 STALE_SECONDS = float(os.environ.get("VISIONBOARD_STALE_SECONDS", 300))
 
 
@@ -110,9 +111,13 @@ class Worker:
     # -- the loop ---------------------------------------------------------------------
     def run(self, once: bool = False) -> None:
         """Work until stopped (or, with `once`/only_run, until the queue has nothing for us)."""
+        last_recover = time.monotonic()
         self.recover()
         try:
             while not self.stop_event.is_set():
+                if time.monotonic() - last_recover > RECOVER_SECONDS:
+                    last_recover = time.monotonic()
+                    self.recover()
                 self.announce()
                 self.watch()
                 started = self.start_next()
