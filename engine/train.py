@@ -172,7 +172,7 @@ class Trainer:
             classes=self.classes,
             train_images=len(self.splits.train),
             test_images=len(self.splits.test),
-            skipped_images=len(self.splits.problems),
+            skipped_images=self.splits.counts["skipped_images"],
             trainable_params=trainable,
             total_params=total,
             num_processes=procs,
@@ -233,6 +233,8 @@ class Trainer:
             # JSON rather than accelerate's custom-object pickle: resume never unpickles.
             (new / "schedule.json").write_text(json.dumps(self.schedule.state_dict()))
             old = self.dir / "checkpoint.old"
+            if old.exists() and self.checkpoint_dir.exists():
+                shutil.rmtree(old)  # left by a kill between the two renames below
             if self.checkpoint_dir.exists():
                 self.checkpoint_dir.rename(old)
             new.rename(self.checkpoint_dir)

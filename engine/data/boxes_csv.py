@@ -1,0 +1,109 @@
+"""Detection CSV: an image path column and a column of JSON box lists.
+
+Each list holds {"bbox": [x, y, width, height], "category": name} in pixels, origin top left.
+Rows of the same image add up; an empty cell or [] makes a background image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.data.detection import RawDetection, RawImage, to_number
+from engine.data.errors import DatasetError, Problems
+from engine.data.images import natural_key
+from engine.data.tables import (
+    ANNOTATION_COLUMNS,
+    PATH_COLUMNS,
+    find_csv_files,
+    find_split_column,
+    pick_column,
+    read_rows,
+    resolve_image,
+    split_value,
+)
+
+
+def looks_like_box_list(value: str) -> bool:
+    value = (value or "").strip()
+    if not value.startswith("["):
+        return False
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(parsed, list) and all(isinstance(x, dict) for x in parsed)
+
+
+def find_annotation_column(header, rows, csv_name: str, explicit: str | None = None) -> str:
+    """The column holding JSON box lists: named, a usual name whose values are lists, or the
+    first column whose values are."""
+    if explicit:
+        return pick_column(header, ANNOTATION_COLUMNS, "annotations", csv_name, explicit)
+    lowered = {h.lower(): h for h in header}
+    ordered = [lowered[n] for n in ANNOTATION_COLUMNS if n in lowered]
+    ordered += [h for h in header if h not in ordered]
+    for column in ordered:
+        values = [(row.get(column) or "").strip() for _, row in rows]
+        filled = [v for v in values if v]
+        if filled and looks_like_box_list(filled[0]):
+            return column
+    raise DatasetError(
+        f"{csv_name}: no column with JSON box lists like "
+        '[{"bbox": [x, y, width, height], "category": "cat"}] '
+        f"(columns found: {', '.join(header)})"
+    )
+
+
+def read_detection_csv(path: Path, problems: Problems, columns: dict | None = None) -> RawDetection:
+    columns = columns or {}
+    files = find_csv_files(path)
+    parts: dict[str, dict[Path, RawImage]] = {"train": {}, "test": {}}
+    pending = []  # (image, split, category name, box, entry) until all classes are known
+    for file_split, csv_path in files.items():
+        header, rows = read_rows(csv_path)
+        name = csv_path.name
+        path_col = pick_column(header, PATH_COLUMNS, "image path", name, columns.get("path"))
+        ann_col = find_annotation_column(header, rows, name, columns.get("annotations"))
+        split_col = find_split_column(header) if file_split == "all" else None
+        for line, row in rows:
+            where = f"{name} line {line}"
+            image_path = resolve_image(csv_path, row.get(path_col, ""), where)
+            split = file_split
+            if split == "all":
+                split = split_value(row.get(split_col, ""), where) if split_col else "train"
+            image = parts[split].setdefault(image_path, RawImage(image_path, csv_path))
+            text = (row.get(ann_col) or "").strip()
+            if not text:
+                continue
+            try:
+                entries = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(
+                    f"{where}: column {ann_col!r} is not valid JSON ({exc.msg} at character {exc.pos})"
+                ) from None
+            if not isinstance(entries, list):
+                raise DatasetError(f"{where}: column {ann_col!r} must be a JSON list of boxes")
+            for i, obj in enumerate(entries, 1):
+                entry = f"line {line} entry {i}"
+                at = f"{name} {entry}"
+                if not isinstance(obj, dict):
+                    raise DatasetError(f"{at}: expected an object with 'bbox' and 'category'")
+                category = next((obj[k] for k in ("category", "label", "class") if k in obj), None)
+                if category is None or str(category).strip() == "":
+                    raise DatasetError(f"{at}: missing 'category'")
+                bbox = obj.get("bbox")
+                if not isinstance(bbox, list) or len(bbox) != 4:
+                    raise DatasetError(f"{at}: bbox must be [x, y, width, height], got {bbox!r}")
+                x, y, w, h = (to_number(v, f"{at}: bbox") for v in bbox)
+                pending.append((image, str(category).strip(), [x, y, x + w, y + h], entry))
+    classes = sorted({p[1] for p in pending}, key=natural_key)
+    for image, category, box, entry in pending:
+        image.boxes.append(box)
+        image.labels.append(classes.index(category))
+        image.entries.append(entry)
+    train = list(parts["train"].values())
+    test = list(parts["test"].values()) or None
+    if not train:
+        raise DatasetError(f"{path.name}: no rows (or no training rows)")
+    return RawDetection(classes, train, test)

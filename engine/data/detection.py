@@ -1,0 +1,141 @@
+"""What all detection readers share: raw images with boxes, and turning them into DetSamples.
+
+The readers (coco.py, voc.py, yolo.py, boxes_csv.py) return the images they found with boxes
+in pixels (YOLO's normalised ones are scaled once the image size is known), and `to_samples`
+makes them uniform:
+
+- an image without boxes stays as a background image (empty boxes array);
+- a box reaching outside its image is clipped, a box with no area inside it is dropped; both
+  are counted (`boxes_clipped`, `boxes_dropped`) and listed in problems with their file;
+- an image file that exists but cannot be read is skipped, counted and listed in problems;
+- classes no box uses (COCO's unused super-category, YOLO's 80 names of which 3 are used) are
+  left out and listed in problems, so the model does not get outputs it can never learn.
+
+Errors that stop the run (DatasetError, naming the file and the entry): malformed JSON, XML,
+YAML or label lines, an unknown category, an annotation pointing at a missing image, and an
+image file the annotations name that does not exist. A missing image is an error, not a
+skipped problem, because it nearly always means the images folder is not where the
+annotations expect it, and training on the few that happen to match would hide that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.data.errors import DatasetError, ImageError, Problems
+from engine.data.images import probe_images
+from engine.data.samples import DetSample
+from engine.data.tables import TRAIN_NAMES
+
+CLIP_TOLERANCE = 1e-3  # pixels: float noise at the image edge is not worth a problem line
+
+
+@dataclass
+class RawImage:
+    """One image as a reader found it: boxes xyxy (pixels, or 0..1 when `normalized`)."""
+
+    path: Path
+    source: Path  # the annotation file, named in problems about the boxes
+    boxes: list[list[float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    entries: list[str] = field(default_factory=list)  # "annotation id 17", "line 2", ...
+    normalized: bool = False
+
+
+@dataclass
+class RawDetection:
+    classes: list[str]
+    train: list[RawImage]
+    test: list[RawImage] | None  # None: the data has no split of its own
+
+
+def to_number(value, where: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise DatasetError(f"{where}: {value!r} is not a finite number")
+    return number
+
+
+def split_of_name(name: str) -> str | None:
+    name = name.lower()
+    if any(n in name for n in TRAIN_NAMES):
+        return "train"
+    if any(n in name for n in ("val", "valid")):
+        return "val"
+    if "test" in name:
+        return "test"
+    return None
+
+
+def subdirs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def to_samples(images: list[RawImage], problems: Problems) -> list[DetSample]:
+    """Probe the images, scale/clip/drop boxes, skip unreadable files (listing each)."""
+    sizes = probe_images([im.path for im in images])
+    samples = []
+    for image, size in zip(images, sizes):
+        if isinstance(size, ImageError):
+            problems.add(image.path, f"skipped: {size.reason}")
+            problems.count("skipped_images")
+            continue
+        width, height = size
+        boxes, labels = [], []
+        for box, label, entry in zip(image.boxes, image.labels, image.entries):
+            x1, y1, x2, y2 = box
+            if image.normalized:
+                x1, x2, y1, y2 = x1 * width, x2 * width, y1 * height, y2 * height
+            shown = f"[{x1:g}, {y1:g}, {x2:g}, {y2:g}]"
+            where = f"{entry} ({problems.rel(image.path)})"
+            c = [min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+            c += [min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
+            if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
+                problems.add(
+                    image.source,
+                    f"{where}: box {shown} has no area inside the {width}x{height} image: dropped",
+                )
+                problems.count("boxes_dropped")
+                continue
+            if max(abs(a - b) for a, b in zip(c, (x1, y1, x2, y2))) > CLIP_TOLERANCE:
+                problems.add(
+                    image.source,
+                    f"{where}: box {shown} reaches outside the {width}x{height} image: clipped",
+                )
+                problems.count("boxes_clipped")
+            boxes.append(c)
+            labels.append(label)
+        samples.append(
+            DetSample(
+                str(image.path),
+                np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                np.asarray(labels, dtype=np.int64),
+            )
+        )
+    return samples
+
+
+def drop_unused_classes(
+    classes: list[str], parts: list[list[DetSample]], problems: Problems, source: str
+) -> tuple[list[str], list[list[DetSample]]]:
+    """Leave out classes no box uses and renumber the labels."""
+    used = sorted({int(label) for part in parts for s in part for label in s.labels})
+    if len(used) == len(classes):
+        return classes, parts
+    unused = [c for i, c in enumerate(classes) if i not in used]
+    shown = ", ".join(unused[:10]) + (f" and {len(unused) - 10} more" if len(unused) > 10 else "")
+    if used:
+        problems.add(source, f"class(es) without any box left out: {shown}")
+    remap = np.full(len(classes), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    parts = [[DetSample(s.path, s.boxes, remap[s.labels]) for s in part] for part in parts]
+    return [classes[i] for i in used], parts

@@ -1,0 +1,118 @@
+"""Which format a dataset is in, which task it serves, and the registry of readers.
+
+Readers are data (timm style): FORMATS[task][name] → reader(path, problems, columns).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.data.boxes_csv import find_annotation_column, looks_like_box_list, read_detection_csv
+from engine.data.classification import read_classification_csv, read_imagefolder
+from engine.data.coco import read_coco
+from engine.data.errors import DatasetError
+from engine.data.images import is_image_file
+from engine.data.tables import find_csv_files, read_rows
+from engine.data.voc import read_voc
+from engine.data.yolo import find_yolo_yaml, read_yolo
+
+FORMATS = {
+    "classification": {"imagefolder": read_imagefolder, "csv": read_classification_csv},
+    "detection": {
+        "coco": read_coco,
+        "voc": read_voc,
+        "yolo": read_yolo,
+        "csv": read_detection_csv,
+    },
+}
+TASKS = tuple(FORMATS)
+ALL_FORMATS = ("imagefolder", "csv", "coco", "voc", "yolo")
+_COCO_KEYS = ('"images"', '"annotations"', '"categories"')
+
+
+def _is_coco_json(path: Path) -> bool:
+    """Peek at the start of a .json file: COCO files name their lists near the top."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False
+    return any(key in head for key in _COCO_KEYS)
+
+
+def _coco_candidates(root: Path) -> list[Path]:
+    found = list(root.glob("*.json")) + list(root.glob("annotations/*.json"))
+    found += [
+        p
+        for d in root.iterdir()
+        if d.is_dir() and not d.name.startswith(".")
+        for p in d.glob("*.json")
+    ]
+    return [p for p in found if not p.name.startswith(".") and _is_coco_json(p)]
+
+
+def _has_class_folders(root: Path) -> bool:
+    for sub in root.iterdir():
+        if sub.is_dir() and not sub.name.startswith("."):
+            if any(is_image_file(p) for p in sub.rglob("*") if p.is_file()):
+                return True
+    return False
+
+
+def detect_format(path: str | Path) -> str:
+    """One of imagefolder, csv, coco, voc, yolo; DatasetError when none fits."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetError(f"dataset not found: {path}")
+    if path.is_file():
+        by_suffix = {".csv": "csv", ".json": "coco", ".yaml": "yolo", ".yml": "yolo"}
+        if path.suffix.lower() in by_suffix:
+            return by_suffix[path.suffix.lower()]
+        raise DatasetError(
+            f"{path}: a dataset file must be a .csv, a COCO .json or a YOLO data.yaml"
+        )
+    if find_yolo_yaml(path):
+        return "yolo"
+    if (path / "Annotations").is_dir():
+        return "voc"
+    if _coco_candidates(path):
+        return "coco"
+    if any(not p.name.startswith(".") for p in path.glob("*.csv")):
+        return "csv"
+    if _has_class_folders(path):
+        return "imagefolder"
+    raise DatasetError(
+        f"{path}: cannot tell the dataset format; expected one folder per class (imagefolder), "
+        "a .csv file, a COCO .json, a Pascal VOC Annotations/ folder or a YOLO data.yaml"
+    )
+
+
+def detect_task(path: str | Path, fmt: str) -> str:
+    """The task a dataset serves: a CSV with JSON box lists is detection."""
+    if fmt == "imagefolder":
+        return "classification"
+    if fmt in ("coco", "voc", "yolo"):
+        return "detection"
+    if fmt == "csv":
+        csv_path = next(iter(find_csv_files(Path(path)).values()))
+        header, rows = read_rows(csv_path)
+        try:
+            column = find_annotation_column(header, rows[:20], csv_path.name)
+        except DatasetError:
+            return "classification"
+        first = next((row.get(column) for _, row in rows if (row.get(column) or "").strip()), "")
+        return "detection" if looks_like_box_list(first) else "classification"
+    raise DatasetError(f"unknown dataset format {fmt!r}; valid: auto, {', '.join(ALL_FORMATS)}")
+
+
+def get_reader(task: str, fmt: str):
+    if task not in FORMATS:
+        raise DatasetError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if fmt not in FORMATS[task]:
+        if fmt in ALL_FORMATS:
+            other = next(t for t in TASKS if fmt in FORMATS[t])
+            raise DatasetError(
+                f"{fmt} is a {other} format; {task} reads {', '.join(FORMATS[task])}"
+            )
+        raise DatasetError(f"unknown dataset format {fmt!r}; valid: auto, {', '.join(ALL_FORMATS)}")
+    return FORMATS[task][fmt]

@@ -1,0 +1,160 @@
+"""YOLO: data.yaml (names, train, val) with images/ and labels/ folders.
+
+Label lines are `class cx cy w h`, normalised to 0..1 (a segmentation polygon counts by its
+enclosing box). An image without a label file is a background image. `train` and `val` may be
+folders, .txt lists of images or lists of those; when they are the same, the seeded split
+applies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from engine.data.detection import RawDetection, RawImage, to_number
+from engine.data.errors import DatasetError, Problems
+from engine.data.images import is_image_file, list_images
+
+
+def find_yolo_yaml(path: Path) -> Path | None:
+    if path.is_file():
+        return path if path.suffix.lower() in (".yaml", ".yml") else None
+    candidates = [path / n for n in ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")]
+    candidates += sorted(p for p in path.glob("*.y*ml") if p not in candidates)
+    for p in candidates:
+        if p.is_file() and p.suffix.lower() in (".yaml", ".yml"):
+            try:
+                head = p.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            if "names" in head:
+                return p
+    return None
+
+
+def read_yolo(path: Path, problems: Problems, columns: dict | None = None) -> RawDetection:
+    yaml_path = find_yolo_yaml(path)
+    if yaml_path is None:
+        raise DatasetError(f"{path}: no data.yaml with 'names' (YOLO needs one)")
+    root = yaml_path.parent
+    problems.root = root
+    name = yaml_path.name
+    try:
+        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DatasetError(f"{name}: malformed YAML ({exc})") from None
+    if not isinstance(data, dict) or "names" not in data:
+        raise DatasetError(f"{name}: missing 'names' (the class names)")
+    names = data["names"]
+    if isinstance(names, dict):
+        try:
+            names = [str(names[k]) for k in sorted(names, key=int)]
+        except (TypeError, ValueError):
+            raise DatasetError(f"{name}: 'names' keys must be class numbers 0, 1, ...") from None
+    if not isinstance(names, list) or not names:
+        raise DatasetError(f"{name}: 'names' must be a list of class names")
+    classes = [str(n) for n in names]
+    base = root
+    if data.get("path"):
+        base = Path(str(data["path"]))
+        base = base if base.is_absolute() else root / base
+        if not base.is_dir():
+            base = root  # a path from the machine the export was made on
+    if not data.get("train"):
+        raise DatasetError(f"{name}: missing 'train' (the training images folder or list)")
+    train_files = _yolo_images(data["train"], base, root, name, "train")
+    test_key = next((k for k in ("val", "test") if data.get(k)), None)
+    test_files = _yolo_images(data[test_key], base, root, name, test_key) if test_key else []
+    if set(test_files) == set(train_files) or not test_files:
+        test_files = []  # train and val the same folder: the data has no split of its own
+    train = [_read_yolo_labels(p, classes, problems) for p in train_files]
+    test = [_read_yolo_labels(p, classes, problems) for p in test_files] or None
+    return RawDetection(classes, train, test)
+
+
+def _resolve_yolo_path(entry: str, base: Path, root: Path) -> Path | None:
+    p = Path(entry)
+    if p.is_absolute():
+        return p if p.exists() else None
+    candidates = [base / p, root / p]
+    stripped = entry
+    while stripped.startswith("../"):  # Roboflow writes ../train/images next to data.yaml
+        stripped = stripped[3:]
+        candidates.append(root / stripped)
+    return next((c for c in candidates if c.exists()), None)
+
+
+def _yolo_images(entry, base: Path, root: Path, name: str, key: str) -> list[Path]:
+    entries = entry if isinstance(entry, list) else [entry]
+    files: list[Path] = []
+    for item in entries:
+        found = _resolve_yolo_path(str(item), base, root)
+        if found is None:
+            raise DatasetError(f"{name}: {key} path {str(item)!r} not found")
+        if found.is_dir():
+            files += list_images(found)
+        elif found.suffix.lower() == ".txt":  # a list of image paths, one a line
+            for line_no, line in enumerate(found.read_text().splitlines(), 1):
+                line = line.strip()
+                if not line:
+                    continue
+                image = _resolve_yolo_path(line, base, found.parent) or _resolve_yolo_path(
+                    line, found.parent, root
+                )
+                if image is None:
+                    raise DatasetError(f"{found.name} line {line_no}: image {line!r} not found")
+                files.append(image)
+        elif is_image_file(found):
+            files.append(found)
+        else:
+            raise DatasetError(f"{name}: {key} path {str(item)!r} is not a folder or a .txt list")
+    unique = list(dict.fromkeys(f.resolve() for f in files))
+    return unique
+
+
+def yolo_label_path(image: Path) -> Path:
+    """images/train/a.jpg → labels/train/a.txt (the last `images` folder becomes `labels`)."""
+    parts = list(image.parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts).with_suffix(".txt")
+    return image.with_suffix(".txt")
+
+
+def _read_yolo_labels(image: Path, classes: list[str], problems: Problems) -> RawImage:
+    label_path = yolo_label_path(image)
+    raw = RawImage(image, label_path, normalized=True)
+    if not label_path.is_file():
+        return raw  # YOLO's convention: no label file, no objects
+    name = problems.rel(label_path)
+    for line_no, line in enumerate(label_path.read_text().splitlines(), 1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        where = f"{name} line {line_no}"
+        if len(tokens) != 5 and (len(tokens) < 7 or len(tokens) % 2 == 0):
+            raise DatasetError(
+                f"{where}: expected 'class cx cy w h' (5 numbers) or a polygon "
+                f"'class x1 y1 x2 y2 ...', got {len(tokens)} values"
+            )
+        try:
+            cls = int(tokens[0])
+        except ValueError:
+            raise DatasetError(f"{where}: class {tokens[0]!r} is not a class number") from None
+        if not 0 <= cls < len(classes):
+            raise DatasetError(
+                f"{where}: class {cls} is not in names (0..{len(classes) - 1} in the data.yaml)"
+            )
+        values = [to_number(t, where) for t in tokens[1:]]
+        if len(values) == 4:
+            cx, cy, w, h = values
+            box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        else:  # segmentation polygon: its enclosing box
+            xs, ys = values[0::2], values[1::2]
+            box = [min(xs), min(ys), max(xs), max(ys)]
+        raw.boxes.append(box)
+        raw.labels.append(cls)
+        raw.entries.append(f"line {line_no}")
+    return raw
