@@ -60,7 +60,10 @@ def bare_loop(data: Path, epochs: int, batch: int, channels_last: bool) -> float
     cfg_in = model.pretrained_cfg
     transform = build_transform(cfg, False, 64, cfg_in["mean"], cfg_in["std"])
     loader = DataLoader(
-        ClassificationDataset(splits.train, transform), batch_size=batch, shuffle=True, drop_last=True
+        ClassificationDataset(splits.train, transform),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
     )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -102,7 +105,9 @@ def engine_run(data: Path, epochs: int, batch: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)

@@ -103,6 +103,9 @@ def cmd_train(args) -> int:
             cfg = load_config(args.config, args.set)
         except ConfigError as exc:
             return _fail(str(exc))
+        from engine.sample import ensure_samples
+
+        ensure_samples(db, args.home)  # so `dataset = "digits"` works on a fresh install
         path = store.resolve_dataset(db, cfg.dataset)
         if not Path(path).exists():
             return _fail(f"dataset: {cfg.dataset!r} is neither a path nor a registered dataset")

@@ -1,0 +1,1 @@
+"""VisionBoard's Streamlit dashboard: `streamlit run dashboard/app.py`."""

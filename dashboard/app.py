@@ -1,0 +1,41 @@
+"""Router of the dashboard: `streamlit run dashboard/app.py` (or `visionboard serve`).
+
+Draws the shared sidebar (who is launching runs) and hands over to the chosen page.
+"""
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    # `streamlit run dashboard/app.py` puts dashboard/ on the path, not the repository.
+    sys.path.insert(0, str(ROOT))
+
+from dashboard import state  # noqa: E402
+
+PAGES = Path(__file__).resolve().parent / "pages"
+
+
+pages = [
+    st.Page(PAGES / "new_run.py", title="New run", icon=":material/add_circle:"),
+    st.Page(PAGES / "runs.py", title="Runs", icon=":material/list:", default=True),
+    st.Page(PAGES / "run.py", title="Run", icon=":material/monitoring:"),
+    st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page(PAGES / "datasets.py", title="Datasets", icon=":material/folder_open:"),
+]
+if (PAGES / "predict.py").is_file():
+    pages.append(
+        st.Page(
+            PAGES / "predict.py",
+            title="Predict",
+            icon=":material/image_search:",
+            url_path="predict",
+        )
+    )
+
+page = st.navigation(pages)
+state.draw_frame()
+state.mark_routed()
+page.run()

@@ -1,0 +1,378 @@
+"""Rows → plotly figures for the dashboard.
+
+Pure functions: they take plain lists and dicts (metric rows from engine.store, report dicts
+from engine.evaluate) and return `plotly.graph_objects.Figure`s. No Streamlit calls, so each
+one is unit-tested on its own and the pages stay thin.
+
+Metric rows are {"name", "step", "epoch", "value"}: `step` is the global optimizer step,
+`epoch` the 1-based epoch. Per-step metrics (lr, train_loss_step) are logged every step;
+per-epoch metrics (train_loss, test_loss, test_<metric>) once at the end of each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+STEP_METRICS = ("lr", "train_loss_step")
+LOSS_METRICS = ("train_loss", "test_loss")
+TEMPLATE = "plotly_white"
+HEIGHT = 320
+
+
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        template=TEMPLATE,
+        height=HEIGHT,
+        margin={"l": 50, "r": 20, "t": 50, "b": 40},
+        legend={"orientation": "h", "y": -0.2},
+        hovermode="x unified",
+    )
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title=y_title)
+    return fig
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def group_metrics(metrics: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Metric rows grouped by name, each group in step order (rows with no value dropped)."""
+    groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in metrics:
+        if _finite(row.get("value")):
+            groups[row["name"]].append(row)
+    for rows in groups.values():
+        rows.sort(key=lambda r: (r["step"], r["epoch"]))
+    return dict(groups)
+
+
+def epoch_positions(rows: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Fractional epochs of per-step rows: the k-th of n steps in epoch e sits at e - 1 + k/n.
+
+    Per-epoch rows land on their epoch number, so per-step and per-epoch curves share an axis.
+    """
+    per_epoch: dict[int, list[int]] = defaultdict(list)
+    for row in rows:
+        per_epoch[row["epoch"]].append(row["step"])
+    rank = {}
+    for epoch, steps in per_epoch.items():
+        ordered = sorted(set(steps))
+        for k, step in enumerate(ordered, start=1):
+            rank[(epoch, step)] = epoch - 1 + k / len(ordered)
+    return [rank[(r["epoch"], r["step"])] for r in rows]
+
+
+def _xs(rows: Sequence[Mapping[str, Any]], x: str, per_step: bool) -> list[float]:
+    if x == "step":
+        return [r["step"] for r in rows]
+    if x != "epoch":
+        raise ValueError(f"x must be 'step' or 'epoch', got {x!r}")
+    return epoch_positions(rows) if per_step else [r["epoch"] for r in rows]
+
+
+def loss_figure(metrics: Iterable[Mapping[str, Any]], x: str = "epoch") -> go.Figure:
+    """Train loss per step (thin), train and test loss per epoch (lines with markers)."""
+    groups = group_metrics(metrics)
+    fig = go.Figure()
+    steps = groups.get("train_loss_step", [])
+    if steps:
+        fig.add_trace(
+            go.Scatter(
+                x=_xs(steps, x, per_step=True),
+                y=[r["value"] for r in steps],
+                name="train loss (step)",
+                mode="lines",
+                line={"width": 1, "color": "rgba(31,119,180,0.35)"},
+            )
+        )
+    colors = {"train_loss": "#1f77b4", "test_loss": "#d62728"}
+    for name in LOSS_METRICS:
+        rows = groups.get(name, [])
+        if rows:
+            fig.add_trace(
+                go.Scatter(
+                    x=_xs(rows, x, per_step=False),
+                    y=[r["value"] for r in rows],
+                    name=name.replace("_", " "),
+                    mode="lines+markers",
+                    line={"color": colors[name]},
+                )
+            )
+    return _layout(fig, "Loss", x, "loss")
+
+
+def metric_figure(
+    metrics: Iterable[Mapping[str, Any]],
+    metric: str | None = None,
+    best_epoch: int | None = None,
+    x: str = "epoch",
+) -> go.Figure:
+    """Every test_<metric> per epoch; the chosen `metric` bold, the others dotted.
+
+    `metric` is the config's metric name (e.g. "roc_auc") or its row name ("test_roc_auc").
+    A vertical line marks the best epoch when given.
+    """
+    groups = group_metrics(metrics)
+    chosen = None
+    if metric:
+        chosen = metric if metric.startswith("test_") else f"test_{metric}"
+    names = sorted(n for n in groups if n.startswith("test_") and n != "test_loss")
+    fig = go.Figure()
+    for name in names:
+        rows = groups[name]
+        main = name == chosen
+        fig.add_trace(
+            go.Scatter(
+                x=_xs(rows, x, per_step=False),
+                y=[r["value"] for r in rows],
+                name=name.removeprefix("test_"),
+                mode="lines+markers",
+                line={"width": 3 if main else 1.5, "dash": "solid" if main else "dot"},
+                marker={"size": 7 if main else 4},
+                opacity=1.0 if main or chosen is None else 0.6,
+            )
+        )
+    if best_epoch and x == "epoch":
+        fig.add_vline(x=best_epoch, line_dash="dash", line_color="grey", annotation_text="best")
+    title = f"Test metrics ({chosen.removeprefix('test_')} in bold)" if chosen else "Test metrics"
+    return _layout(fig, title, x, "value")
+
+
+def lr_figure(
+    metrics: Iterable[Mapping[str, Any]],
+    steps_per_epoch: int | None = None,
+    warmup: bool = False,
+    x: str = "step",
+) -> go.Figure:
+    """Learning rate per step; the first epoch is shaded when the run warms up."""
+    rows = group_metrics(metrics).get("lr", [])
+    fig = go.Figure()
+    if rows:
+        fig.add_trace(
+            go.Scatter(
+                x=_xs(rows, x, per_step=True),
+                y=[r["value"] for r in rows],
+                name="learning rate",
+                mode="lines",
+                line={"color": "#2ca02c"},
+            )
+        )
+    if warmup and rows:
+        # The warmup ramp is the first epoch's steps (engine.optim): shade it.
+        end = 1 if x == "epoch" else (steps_per_epoch or _last_step_of_epoch(rows, 1))
+        if end:
+            fig.add_vrect(
+                x0=0 if x == "epoch" else rows[0]["step"],
+                x1=end,
+                fillcolor="orange",
+                opacity=0.12,
+                line_width=0,
+                annotation_text="warmup",
+                annotation_position="top left",
+            )
+    return _layout(fig, "Learning rate", x, "lr")
+
+
+def _last_step_of_epoch(rows: Sequence[Mapping[str, Any]], epoch: int) -> int | None:
+    steps = [r["step"] for r in rows if r["epoch"] == epoch]
+    return max(steps) if steps else None
+
+
+def compare_figure(
+    runs_metrics: Sequence[Mapping[str, Any]], metric: str, x: str = "epoch"
+) -> go.Figure:
+    """One line per run of `metric`, overlaid. runs_metrics: [{"id", "name", "metrics": rows}]."""
+    fig = go.Figure()
+    per_step = metric in STEP_METRICS
+    for run in runs_metrics:
+        rows = group_metrics(run.get("metrics", [])).get(metric, [])
+        if not rows:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=_xs(rows, x, per_step=per_step),
+                y=[r["value"] for r in rows],
+                name=f"#{run['id']} {run.get('name') or ''}".strip(),
+                mode="lines" if per_step else "lines+markers",
+            )
+        )
+    return _layout(fig, metric, x, metric)
+
+
+def numeric_parameters(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Config keys that are numbers (or booleans) in every config and differ between them.
+
+    When none differ, every numeric key is returned, so the chart still has axes.
+    """
+    if not configs:
+        return []
+    keys = [k for k in configs[0] if all(_is_number(c.get(k)) for c in configs)]
+    varying = [k for k in keys if len({float(c[k]) for c in configs}) > 1]
+    return varying or keys
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
+
+
+def parallel_coordinates(runs: Sequence[Mapping[str, Any]], metric: str = "metric") -> go.Figure:
+    """Numeric parameters of each run against its final metric, one line per run.
+
+    runs: [{"id", "config": {...}, "value": final metric or None}]; runs without a value are
+    left out. The last axis is the metric; lines are coloured by it.
+    """
+    scored = [r for r in runs if _finite(r.get("value"))]
+    params = numeric_parameters([r["config"] for r in scored])
+    dimensions = [
+        {"label": key, "values": [float(r["config"][key]) for r in scored]} for key in params
+    ]
+    values = [float(r["value"]) for r in scored]
+    dimensions.append({"label": metric, "values": values})
+    fig = go.Figure(
+        go.Parcoords(
+            line={"color": values, "colorscale": "Viridis", "showscale": True},
+            dimensions=dimensions,
+            ids=[str(r["id"]) for r in scored] if scored else None,
+        )
+    )
+    fig.update_layout(
+        title=f"Parameters against {metric}",
+        template=TEMPLATE,
+        height=HEIGHT + 60,
+        margin={"l": 60, "r": 60, "t": 80, "b": 30},
+    )
+    return fig
+
+
+def confusion_figure(
+    matrix: Sequence[Sequence[float]],
+    labels: Sequence[str],
+    column_labels: Sequence[str] | None = None,
+    normalized: bool = False,
+    title: str = "Confusion matrix",
+) -> go.Figure:
+    """Heatmap with the count (or share) in each cell; rows = true class, columns = predicted.
+
+    `labels` names the rows, `column_labels` the columns when they differ (detection's
+    "not an object" row and "not detected" column).
+    """
+    columns = list(column_labels or labels)
+    rows = list(labels)
+    text = [[(f"{v:.2f}" if normalized else f"{int(v)}") for v in row] for row in matrix]
+    fig = go.Figure(
+        go.Heatmap(
+            z=[list(row) for row in matrix],
+            x=columns,
+            y=rows,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1 if normalized else None,
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title + (" (share of each true class)" if normalized else " (counts)"),
+        template=TEMPLATE,
+        height=max(HEIGHT, 40 * len(rows) + 120),
+        margin={"l": 80, "r": 20, "t": 50, "b": 60},
+    )
+    fig.update_xaxes(title="predicted", type="category")
+    fig.update_yaxes(title="true", type="category", autorange="reversed")
+    return fig
+
+
+def curves_figure(curves: Mapping[str, Mapping[str, Any]], kind: str = "roc") -> go.Figure:
+    """One-vs-rest ROC or PR curves, one line per class.
+
+    kind "roc": curves = {class: {"fpr", "tpr", "auc"}}; kind "pr": {class: {"precision",
+    "recall", "ap"}} (engine.evaluate.classification_report's "roc" and "pr"). Classes with
+    empty curves (absent from the test split) are left out.
+    """
+    if kind not in ("roc", "pr"):
+        raise ValueError(f"kind must be 'roc' or 'pr', got {kind!r}")
+    xs, ys, score = ("fpr", "tpr", "auc") if kind == "roc" else ("recall", "precision", "ap")
+    fig = go.Figure()
+    for name, curve in curves.items():
+        if not curve.get(xs):
+            continue
+        label = name if curve.get(score) is None else f"{name} ({score} {curve[score]:.3f})"
+        fig.add_trace(go.Scatter(x=curve[xs], y=curve[ys], name=label, mode="lines"))
+    if kind == "roc":
+        fig.add_trace(
+            go.Scatter(
+                x=[0, 1],
+                y=[0, 1],
+                name="chance",
+                mode="lines",
+                line={"dash": "dash", "color": "grey", "width": 1},
+            )
+        )
+    title = "ROC, one class against the rest" if kind == "roc" else "Precision-recall"
+    fig = _layout(fig, title, "false positive rate" if kind == "roc" else "recall", ys)
+    fig.update_layout(hovermode="closest")
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def pr_curve_figure(curve: Mapping[str, Sequence[float | None]]) -> go.Figure:
+    """Detection's pooled precision-recall curve: {"precision", "recall", "thresholds"}."""
+    points = [
+        (r, p, t)
+        for r, p, t in zip(
+            curve.get("recall", []), curve.get("precision", []), curve.get("thresholds", [])
+        )
+        if r is not None and p is not None
+    ]
+    fig = go.Figure(
+        go.Scatter(
+            x=[p[0] for p in points],
+            y=[p[1] for p in points],
+            customdata=[p[2] for p in points],
+            hovertemplate="recall %{x:.3f}<br>precision %{y:.3f}<br>score ≥ %{customdata:.3f}"
+            "<extra></extra>",
+            mode="lines+markers",
+            marker={"size": 4},
+            name="all classes",
+        )
+    )
+    fig = _layout(fig, "Precision-recall (all classes)", "recall", "precision")
+    fig.update_layout(hovermode="closest")
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def class_distribution_figure(
+    counts: Mapping[str, Any], title: str = "Images per class"
+) -> go.Figure:
+    """Bars per class: counts = {class: n} or {class: {"train": n, "test": n}} (stacked)."""
+    classes = list(counts)
+    fig = go.Figure()
+    nested = any(isinstance(v, Mapping) for v in counts.values())
+    if nested:
+        splits = []
+        for value in counts.values():
+            for split in value:
+                if split not in splits:
+                    splits.append(split)
+        for split in splits:
+            fig.add_trace(
+                go.Bar(x=classes, y=[counts[c].get(split, 0) for c in classes], name=split)
+            )
+        fig.update_layout(barmode="stack")
+    else:
+        fig.add_trace(go.Bar(x=classes, y=[counts[c] for c in classes], name="images"))
+    fig = _layout(fig, title, "class", "count")
+    fig.update_xaxes(type="category")
+    fig.update_layout(hovermode="closest")
+    return fig

@@ -1,0 +1,525 @@
+"""New run: a form over every config key, grouped as in engine.config.GROUPS.
+
+Widget keys are `cfg_<key>`. Submitting validates with RunConfig.from_dict (errors show
+beside their fields), checks that the dataset reads and that pre-trained weights are there,
+then queues the run with store.create_run and opens its page. The dashboard never trains.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from dashboard import state
+from engine import store
+from engine.config import (
+    CLASSIFICATION_FORMATS,
+    CLASSIFICATION_METRICS,
+    CLASSIFICATION_MODELS,
+    DEFAULT_METRIC,
+    DEFAULT_MODEL,
+    DETECTION_FORMATS,
+    DETECTION_METRICS,
+    DETECTION_MODELS,
+    GROUPS,
+    ConfigError,
+    RunConfig,
+    field_info,
+)
+
+state.page_setup()
+
+KEY = "cfg_"
+OTHER_MODEL = "other timm name…"
+OTHER_PATH = "a path on the server…"
+ERRORS = "new_run_errors"
+# Increments of the +/- buttons of float fields; the others step by 0.1 (or 1 for ints).
+FLOAT_STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "test_ratio": 0.05, "early_stopping_delta": 1e-3}
+# Keys drawn by hand (their choices depend on the task or the registered datasets).
+CUSTOM = ("task", "dataset", "model", "metric", "dataset_format")
+DETECTION_ONLY = ("min_size", "max_size")
+OPEN_GROUPS = ("Data", "Model")
+# Labels where the key's words read badly; the rest is the key with spaces.
+LABELS = {"lr": "Learning rate", "lr_gamma": "LR gamma", "lr_schedule": "LR schedule",
+          "augment_hflip": "Horizontal flips", "augment_vflip": "Vertical flips",
+          "augment_color": "Colour changes", "augment_rotation": "Rotation (degrees)",
+          "augment_crop": "Random crops", "num_workers": "Num workers"}  # fmt: skip
+
+FIELDS = field_info()
+BY_NAME = {f["name"]: f for f in FIELDS}
+
+
+def kind_of(info: dict[str, Any]) -> tuple[str, bool]:
+    """('int' | 'float' | 'bool' | 'str', optional) from field_info's type string."""
+    text = str(info["type"])
+    return text.split("|")[0].strip(), "None" in text
+
+
+def widget_value(name: str, value: Any) -> Any:
+    """A config value in the type its widget holds (number inputs reject int/float mixes)."""
+    kind, optional = kind_of(BY_NAME[name])
+    if value is None:
+        return None if optional else BY_NAME[name]["default"]
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            return bool(value)
+    except (TypeError, ValueError):
+        return BY_NAME[name]["default"]
+    return str(value)
+
+
+def label_of(name: str) -> str:
+    return LABELS.get(name) or name.replace("_", " ").capitalize()
+
+
+def with_key(info: dict[str, Any]) -> str:
+    """The help text plus the key's name, the word config files and the CLI use."""
+    return f"{info.get('help') or ''}\n\nConfig key: `{info['name']}`."
+
+
+def models_for(task: str) -> list[str]:
+    if task == "detection":
+        return list(DETECTION_MODELS)
+    return [*CLASSIFICATION_MODELS, OTHER_MODEL]
+
+
+def metrics_for(task: str) -> list[str]:
+    return list(DETECTION_METRICS if task == "detection" else CLASSIFICATION_METRICS)
+
+
+def formats_for(task: str) -> list[str]:
+    return ["auto", *(DETECTION_FORMATS if task == "detection" else CLASSIFICATION_FORMATS)]
+
+
+def datasets() -> dict[str, dict]:
+    return {d["name"]: d for d in store.list_datasets(state.get_db())}
+
+
+# -- session state: defaults, filling from a past run -----------------------------------------
+
+
+def init_state(registered: dict[str, dict]) -> None:
+    """Give every widget a value in session state once (widgets then read only their key)."""
+    ss = st.session_state
+    for info in FIELDS:
+        if info["name"] not in CUSTOM:
+            ss.setdefault(KEY + info["name"], widget_value(info["name"], info["default"]))
+    ss.setdefault(KEY + "task", BY_NAME["task"]["default"])
+    task = ss[KEY + "task"]
+    if ss.get(KEY + "model") not in models_for(task):
+        ss[KEY + "model"] = DEFAULT_MODEL[task]
+    if ss.get(KEY + "metric") not in metrics_for(task):
+        ss[KEY + "metric"] = DEFAULT_METRIC[task]
+    if ss.get(KEY + "dataset_format") not in formats_for(task):
+        ss[KEY + "dataset_format"] = "auto"
+    ss.setdefault(KEY + "model_other", "")
+    ss.setdefault(KEY + "dataset_path", "")
+    ss.setdefault(KEY + "tags", "")
+    choices = [*registered, OTHER_PATH]
+    if ss.get(KEY + "dataset_choice") not in choices:
+        fitting = [n for n, d in registered.items() if d["task"] == task]
+        preferred = "digits" if "digits" in fitting else (fitting or choices)[0]
+        ss[KEY + "dataset_choice"] = preferred
+
+
+def on_task_change() -> None:
+    ss = st.session_state
+    task = ss[KEY + "task"]
+    ss[KEY + "model"] = DEFAULT_MODEL[task]
+    ss[KEY + "metric"] = DEFAULT_METRIC[task]
+    ss[KEY + "dataset_format"] = "auto"
+    registered = datasets()
+    chosen = registered.get(ss.get(KEY + "dataset_choice"))
+    if chosen and chosen["task"] != task:
+        fitting = [n for n, d in registered.items() if d["task"] == task]
+        ss[KEY + "dataset_choice"] = fitting[0] if fitting else OTHER_PATH
+
+
+def on_dataset_change() -> None:
+    """A registered dataset knows its task and format: set them."""
+    ss = st.session_state
+    chosen = datasets().get(ss[KEY + "dataset_choice"])
+    if not chosen:
+        return
+    if chosen["task"] in ("classification", "detection") and chosen["task"] != ss[KEY + "task"]:
+        ss[KEY + "task"] = chosen["task"]
+        ss[KEY + "model"] = DEFAULT_MODEL[chosen["task"]]
+        ss[KEY + "metric"] = DEFAULT_METRIC[chosen["task"]]
+    fmt = chosen.get("format")
+    ss[KEY + "dataset_format"] = fmt if fmt in formats_for(ss[KEY + "task"]) else "auto"
+
+
+def fill_from_run(run_id: int | None) -> None:
+    """Copy a past run's config into the form (the name is left empty for a fresh one)."""
+    if run_id is None:
+        return
+    run = store.get_run(state.get_db(), int(run_id))
+    if run is None:
+        return
+    ss = st.session_state
+    config = run["config"] or {}
+    for name, value in config.items():
+        if name in BY_NAME and name not in ("dataset", "model", "name"):
+            ss[KEY + name] = widget_value(name, value)
+    task = config.get("task", "classification")
+    model = config.get("model") or DEFAULT_MODEL.get(task, "")
+    if model in models_for(task):
+        ss[KEY + "model"] = model
+    else:
+        ss[KEY + "model"] = OTHER_MODEL
+        ss[KEY + "model_other"] = model
+    dataset = str(config.get("dataset", ""))
+    match = [n for n, d in datasets().items() if dataset in (n, d["path"])]
+    if match:
+        ss[KEY + "dataset_choice"] = match[0]
+    else:
+        ss[KEY + "dataset_choice"] = OTHER_PATH
+        ss[KEY + "dataset_path"] = dataset
+    ss[KEY + "name"] = ""
+    ss[KEY + "tags"] = ", ".join(run.get("tags") or [])
+    ss.pop(ERRORS, None)
+
+
+def on_start_from() -> None:
+    fill_from_run(st.session_state.get("start_from"))
+
+
+def turn_pretrained_off() -> None:
+    st.session_state[KEY + "pretrained"] = False
+
+
+# -- values → config ---------------------------------------------------------------------------
+
+
+def dataset_value(registered: dict[str, dict]) -> str:
+    ss = st.session_state
+    choice = ss.get(KEY + "dataset_choice")
+    if choice in registered:
+        return registered[choice]["path"]
+    return str(ss.get(KEY + "dataset_path") or "").strip()
+
+
+def model_value() -> str:
+    ss = st.session_state
+    model = ss.get(KEY + "model")
+    if model == OTHER_MODEL:
+        return str(ss.get(KEY + "model_other") or "").strip()
+    return str(model or "")
+
+
+def collect_values(registered: dict[str, dict]) -> dict[str, Any]:
+    values = {}
+    for info in FIELDS:
+        name = info["name"]
+        if name == "dataset":
+            values[name] = dataset_value(registered)
+        elif name == "model":
+            values[name] = model_value()
+        else:
+            values[name] = st.session_state.get(KEY + name, info["default"])
+    return values
+
+
+def tags_value() -> list[str]:
+    return [
+        t.strip() for t in str(st.session_state.get(KEY + "tags") or "").split(",") if t.strip()
+    ]
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def weights_status(model: str, home: str) -> dict[str, Any] | None:
+    """engine.weights.weights_status, or None when that module is not there yet."""
+    try:
+        from engine.weights import weights_status as status
+    except ImportError:
+        return None
+    try:
+        return status(model, home=home)
+    except Exception as exc:  # an unknown name is the form's job to report, not a crash
+        return {"model": model, "available": False, "source": None, "error": str(exc)}
+
+
+def check_dataset(cfg: RunConfig) -> str | None:
+    """Why the dataset cannot be used, or None when it reads."""
+    path = Path(store.resolve_dataset(state.get_db(), cfg.dataset)).expanduser()
+    if not path.exists():
+        return f"dataset: {path} does not exist on the server"
+    try:
+        from engine.data import inspect_dataset
+    except ImportError:
+        return None
+    info = inspect_dataset(
+        str(path), task=cfg.task, fmt=cfg.dataset_format, test_ratio=cfg.test_ratio, seed=cfg.seed
+    )
+    if info.get("error"):
+        return f"dataset: {info['error']}"
+    return None
+
+
+def check_custom_model() -> dict[str, str]:
+    """A typed timm name must be one timm knows (an empty one would fall back to the default)."""
+    if st.session_state.get(KEY + "model") != OTHER_MODEL:
+        return {}
+    name = model_value()
+    if not name:
+        return {"model": "model: type a timm model name (e.g. resnet18), or pick one above"}
+    try:
+        import timm
+    except ImportError:
+        return {}
+    if timm.is_model(name):
+        return {}
+    close = difflib.get_close_matches(name, timm.list_models(), n=5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return {"model": f"model: timm has no model named {name!r}{hint}"}
+
+
+def submit() -> None:
+    """Validate and queue (a button callback: it runs before the page is drawn again)."""
+    ss = st.session_state
+    registered = datasets()
+    values = collect_values(registered)
+    model_error = check_custom_model()
+    try:
+        cfg = RunConfig.from_dict(values)
+    except ConfigError as exc:
+        ss[ERRORS] = {**exc.by_field(), **model_error}
+        return
+    errors = dict(model_error)
+    problem = check_dataset(cfg)
+    if problem:
+        errors["dataset"] = problem
+    if cfg.pretrained:
+        status = weights_status(cfg.model_name, str(state.home()))
+        if status is not None and not status.get("available"):
+            errors["pretrained"] = (
+                f"pretrained: no pre-trained weights for {cfg.model_name} on this server. "
+                "Turn pretrained off to train from scratch, or import the weights first."
+            )
+    if errors:
+        ss[ERRORS] = errors
+        return
+    run_id = store.create_run(
+        state.get_db(), cfg.resolved(), name=cfg.name, user=state.current_user(), tags=tags_value()
+    )
+    ss.pop(ERRORS, None)
+    ss["new_run_queued"] = run_id
+    ss["run_id"] = run_id
+
+
+# -- drawing -----------------------------------------------------------------------------------
+
+
+def show_error(name: str) -> None:
+    message = st.session_state.get(ERRORS, {}).get(name)
+    if message:
+        st.error(message, icon=":material/warning:")
+
+
+def draw_field(info: dict[str, Any], registered: dict[str, dict]) -> None:
+    name = info["name"]
+    key = KEY + name
+    task = st.session_state[KEY + "task"]
+    help_text = with_key(info)
+    label = label_of(name)
+    if name == "task":
+        st.selectbox(
+            label, list(info["choices"]), key=key, help=help_text, on_change=on_task_change
+        )
+    elif name == "dataset":
+        st.selectbox(
+            "Dataset",
+            [*registered, OTHER_PATH],
+            key=KEY + "dataset_choice",
+            help=help_text,
+            on_change=on_dataset_change,
+            format_func=lambda n: (
+                n
+                if n == OTHER_PATH
+                else f"{n} ({registered[n]['task']}, {registered[n]['format']})"
+            ),
+        )
+        if st.session_state[KEY + "dataset_choice"] == OTHER_PATH:
+            st.text_input(
+                "Dataset path",
+                key=KEY + "dataset_path",
+                help="A folder (image folders, COCO, VOC, YOLO) or a CSV file on the server.",
+                placeholder="/data/my_images",
+            )
+    elif name == "dataset_format":
+        st.selectbox(label, formats_for(task), key=key, help=help_text)
+    elif name == "model":
+        st.selectbox("Model", models_for(task), key=key, help=help_text)
+        if st.session_state[key] == OTHER_MODEL:
+            st.text_input(
+                "timm model name",
+                key=KEY + "model_other",
+                help="Any model name of the timm library, e.g. resnet18 or convnext_tiny.",
+                placeholder="resnet18",
+            )
+        draw_weights_status()
+    elif name == "metric":
+        st.selectbox(label, metrics_for(task), key=key, help=help_text)
+    elif info.get("choices"):
+        st.selectbox(label, list(info["choices"]), key=key, help=help_text)
+    else:
+        draw_plain_field(info, label, task)
+    show_error(name)
+    if name == "pretrained":
+        draw_pretrained_warning()
+
+
+def draw_plain_field(info: dict[str, Any], label: str, task: str) -> None:
+    name = info["name"]
+    key = KEY + name
+    kind, optional = kind_of(info)
+    help_text = with_key(info)
+    disabled = name in DETECTION_ONLY and task != "detection"
+    if kind == "bool":
+        st.checkbox(label, key=key, help=help_text)
+    elif kind == "int":
+        st.number_input(
+            label,
+            key=key,
+            help=help_text,
+            step=1,
+            min_value=info.get("min"),
+            max_value=info.get("max"),
+            placeholder="model default" if optional else None,
+            disabled=disabled,
+        )
+    elif kind == "float":
+        st.number_input(
+            label,
+            key=key,
+            help=help_text,
+            step=FLOAT_STEPS.get(name, 0.1),
+            min_value=None if info.get("min") is None else float(info["min"]),
+            max_value=None if info.get("max") is None else float(info["max"]),
+            format="%g",
+            placeholder="default" if optional else None,
+        )
+    else:
+        st.text_input(label, key=key, help=help_text)
+
+
+def draw_weights_status() -> None:
+    model = model_value()
+    if not model:
+        return
+    status = weights_status(model, str(state.home()))
+    if status is None:
+        st.caption("Pre-trained weights: status unknown (engine.weights missing).")
+    elif status.get("available"):
+        st.caption(
+            f":green[:material/check_circle:] Pre-trained weights for `{model}` are on this server ({status.get('source')})."
+        )
+    else:
+        st.caption(
+            f":orange[:material/cancel:] No pre-trained weights for `{model}` on this server."
+        )
+
+
+def draw_pretrained_warning() -> None:
+    if not st.session_state.get(KEY + "pretrained"):
+        return
+    model = model_value()
+    status = weights_status(model, str(state.home())) if model else None
+    if status is None or status.get("available"):
+        return
+    st.warning(
+        f"`pretrained` is on but no pre-trained weights for `{model}` are on this server. "
+        f"Import them (`visionboard weights import {model} FILE`, or `visionboard weights pull "
+        f"{model}` where there is internet) or train from scratch.",
+        icon=":material/warning:",
+    )
+    st.button("Train from scratch instead", key="train_from_scratch", on_click=turn_pretrained_off)
+
+
+def draw_preview(values: dict[str, Any]) -> None:
+    with st.expander("Preview of the augmentation", expanded=False):
+        st.caption("A few training images of the chosen dataset with the augmentation above.")
+        if not st.toggle("Show the preview", key="preview_on"):
+            return
+        try:
+            cfg = RunConfig.from_dict(values)
+        except ConfigError as exc:
+            st.info("Fix the form's errors to see a preview: " + "; ".join(exc.by_field().values()))
+            return
+        path = store.resolve_dataset(state.get_db(), cfg.dataset)
+        try:
+            from engine.data import preview_augmentations
+
+            splits = state.load_splits(path, cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
+            images = preview_augmentations(splits, cfg, n=6, image_size=cfg.image_size or 128)
+        except ImportError:
+            st.info("The preview needs engine.data, which is not installed here.")
+            return
+        except Exception as exc:  # a broken dataset is reported, not raised
+            st.error(f"Cannot preview {path}: {exc}")
+            return
+        st.image([im for im, _ in images], caption=[c for _, c in images], width=140)
+        st.button("Other samples", key="preview_again")
+
+
+# -- page --------------------------------------------------------------------------------------
+
+if "new_run_queued" in st.session_state:
+    queued = st.session_state.pop("new_run_queued")
+    st.switch_page("pages/run.py", query_params={"run": queued})
+
+st.title("New run")
+registered = datasets()
+from_ids = state.query_run_ids("from")
+if from_ids and st.session_state.get("new_run_from_applied") != from_ids[0]:
+    st.session_state["new_run_from_applied"] = from_ids[0]
+    fill_from_run(from_ids[0])
+init_state(registered)
+
+runs = state.run_choices(state.get_db())
+st.selectbox(
+    "Start from run",
+    [None, *runs],
+    key="start_from",
+    format_func=lambda i: "— a fresh config —" if i is None else runs.get(i, f"#{i}"),
+    on_change=on_start_from,
+    help="Fill the form with a past run's config, to change a few settings and launch again.",
+)
+
+for group in GROUPS:
+    with st.expander(group, expanded=group in OPEN_GROUPS):
+        fields = [f for f in FIELDS if f["group"] == group]
+        columns = st.columns(2)
+        for i, info in enumerate(fields):
+            with columns[i % 2]:
+                draw_field(info, registered)
+        if group == "Data":
+            with columns[len(fields) % 2]:
+                st.text_input(
+                    "Tags",
+                    key=KEY + "tags",
+                    help="Comma-separated labels to find the run later, e.g. baseline, v2.",
+                )
+
+draw_preview(collect_values(registered))
+
+errors = st.session_state.get(ERRORS) or {}
+if errors:
+    known = {f["name"] for f in FIELDS}
+    st.error(
+        f"Nothing was queued: {len(errors)} problem(s), shown beside their fields.",
+        icon=":material/block:",
+    )
+    for field, message in errors.items():
+        if field not in known:
+            st.error(message)
+st.button("Queue run", key="queue_run", type="primary", on_click=submit)
+user = state.current_user()
+st.caption(f"Launched as **{user or 'anonymous'}**." if user else "Set your name in the sidebar.")

@@ -1,0 +1,441 @@
+"""One run: status, live curves, config, log, reports and export. Open with ?run=ID.
+
+The live part is a fragment that reruns every 2 s while the run is queued or running, and
+stops once it is finished (it triggers one full rerun when the status changes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from dashboard import charts, images, state
+from engine import store
+
+state.page_setup()
+
+ACTIVE = ("queued", "running")
+BADGES = {
+    "queued": ":gray[:material/schedule:] queued",
+    "running": ":blue[:material/directions_run:] running",
+    "completed": ":green[:material/check_circle:] completed",
+    "failed": ":red[:material/error:] failed",
+    "cancelled": ":orange[:material/cancel:] cancelled",
+}
+GALLERY_SIZE = 12
+
+
+# -- actions (button callbacks) ------------------------------------------------------------
+
+
+def cancel(run_id: int) -> None:
+    store.request_cancel(state.get_db(), run_id)
+
+
+def resume(run_id: int) -> None:
+    store.requeue_run(state.get_db(), run_id, resume=True)
+
+
+def rerun(run_id: int) -> None:
+    db = state.get_db()
+    run = store.get_run(db, run_id)
+    new_id = store.create_run(
+        db, run["config"], name=run["name"], user=state.current_user(), tags=run["tags"]
+    )
+    st.session_state["run_pick"] = new_id
+    st.query_params["run"] = str(new_id)
+
+
+def pick_run(choices: dict[int, str]) -> int | None:
+    """The run to show: ?run=ID, else the last one opened, else the newest."""
+    ss = st.session_state
+    wanted = state.query_run_ids("run")
+    if wanted:
+        ss["run_pick"] = wanted[0]
+    elif ss.get("run_pick") is None and ss.get("run_id") is not None:
+        ss["run_pick"] = ss["run_id"]
+    if ss.get("run_pick") not in choices:
+        if ss.get("run_pick") is not None and store.get_run(state.get_db(), ss["run_pick"]):
+            choices[ss["run_pick"]] = f"#{ss['run_pick']}"
+        elif choices:
+            ss["run_pick"] = next(iter(choices))
+        else:
+            return None
+
+    def on_pick() -> None:
+        st.query_params["run"] = str(ss["run_pick"])
+
+    st.selectbox("Run", list(choices), key="run_pick", format_func=choices.get, on_change=on_pick)
+    st.query_params["run"] = str(ss["run_pick"])
+    ss["run_id"] = ss["run_pick"]
+    return ss["run_pick"]
+
+
+# -- live part -----------------------------------------------------------------------------
+
+
+def draw_progress(run: dict[str, Any]) -> None:
+    summary = run["summary"] or {}
+    config = run["config"] or {}
+    epoch, epochs = state.progress(run)
+    if epochs:
+        text = f"Epoch {epoch} of {epochs}"
+        if run["status"] == "running" and summary.get("steps_per_epoch"):
+            text += f" · step {summary.get('step', 0)}"
+        st.progress(min(1.0, epoch / epochs), text=text)
+    cols = st.columns(5)
+    metric = state.metric_label(run)
+    best = summary.get("best_metric")
+    cols[0].metric(
+        f"Best {metric}" if metric else "Best metric",
+        "—" if best is None else f"{best:.4f}",
+        help="The test-split metric at the best epoch, the one whose weights are saved.",
+    )
+    cols[1].metric("Best epoch", summary.get("best_epoch") or "—")
+    patience = config.get("early_stopping_patience")
+    since = summary.get("epochs_since_best")
+    if config.get("early_stopping") and patience:
+        since_text = f"{since if since is not None else 0} / {patience}"
+    else:
+        since_text = "—" if since is None else str(since)
+    cols[2].metric(
+        "Epochs since best",
+        since_text,
+        help="Early stopping ends the run when this reaches the patience.",
+    )
+    eta = summary.get("eta_seconds")
+    cols[3].metric(
+        "ETA" if run["status"] == "running" else "Duration",
+        state.format_duration(eta)
+        if run["status"] == "running" and eta is not None
+        else state.format_duration(state.duration_seconds(run)) or "—",
+    )
+    speed = summary.get("images_per_second")
+    cols[4].metric("Images / s", "—" if speed is None else f"{speed:.1f}")
+    if run.get("cancel_requested") and run["status"] == "running":
+        st.info("Cancel requested: the run stops at the end of the current step.")
+    if summary.get("stop_reason"):
+        st.caption(
+            f"Stopped: **{summary['stop_reason']}** after {summary.get('epochs_trained', epoch)} "
+            f"epoch(s); best epoch {summary.get('best_epoch', '—')}."
+        )
+
+
+def draw_charts(run: dict[str, Any]) -> None:
+    db = state.get_db()
+    rows = store.get_metrics(db, run["id"])
+    if not rows:
+        st.info("No metrics yet: they appear after the first steps.")
+        return
+    summary = run["summary"] or {}
+    config = run["config"] or {}
+    x = st.session_state.get("run_x", "epoch")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.loss_figure(rows, x=x), key="chart_loss")
+    right.plotly_chart(
+        charts.metric_figure(rows, state.metric_label(run), summary.get("best_epoch"), x=x),
+        key="chart_metric",
+    )
+    left.plotly_chart(
+        charts.lr_figure(
+            rows, summary.get("steps_per_epoch"), bool(config.get("warmup")), x="step"
+        ),
+        key="chart_lr",
+    )
+    with right:
+        draw_log(run, expanded=False)
+
+
+def draw_log(run: dict[str, Any], expanded: bool) -> None:
+    path = state.run_folder(run["id"]) / "train.log"
+    tail = state.log_tail(path)
+    with st.expander("Log (last lines of train.log)", expanded=expanded):
+        if tail:
+            st.code(tail, language=None)
+        else:
+            st.caption(f"No log yet ({path}).")
+
+
+def draw_live(run_id: int, shown_status: str) -> None:
+    run = store.get_run(state.get_db(), run_id)
+    if run is None:
+        st.warning(f"Run {run_id} was deleted.")
+        return
+    if run["status"] != shown_status:
+        # Finished (or started): redraw the whole page, which stops or starts the refresh.
+        st.rerun()
+    draw_progress(run)
+    if run["status"] == "failed" and run.get("error"):
+        st.error(f"The run failed: {run['error']}")
+    draw_charts(run)
+    if run["status"] == "failed" and not store.get_metrics(state.get_db(), run_id, ["lr"]):
+        draw_log(run, expanded=True)
+
+
+# -- reports -------------------------------------------------------------------------------
+
+
+@st.cache_data(show_spinner="Computing the report…", max_entries=16)
+def classification_report(path: str, mtime: float) -> dict:
+    from engine.evaluate import classification_report as report
+
+    preds = state.read_json(Path(path))
+    return report(preds["probs"], preds["targets"], preds["classes"])
+
+
+@st.cache_data(show_spinner="Computing the report…", max_entries=64)
+def detection_report(path: str, mtime: float, iou: float, score: float) -> dict:
+    from engine.evaluate import detection_report as report
+
+    preds = state.read_json(Path(path))
+    return report(preds["preds"], preds["targets"], preds["classes"], iou, score)
+
+
+def draw_classification_report(run: dict[str, Any], preds: dict, path, mtime: float) -> None:
+    report = classification_report(str(path), mtime)
+    classes = [str(c) for c in preds["classes"]]
+    tabs = st.tabs(["Confusion matrix", "Per class", "ROC and PR curves", "Mistakes"])
+    with tabs[0]:
+        normalized = st.toggle("Normalised (share of each true class)", key="confusion_norm")
+        matrix = report["confusion_normalized"] if normalized else report["confusion"]
+        st.plotly_chart(
+            charts.confusion_figure(matrix, classes, normalized=normalized), key="chart_confusion"
+        )
+    with tabs[1]:
+        st.dataframe(
+            report["per_class"],
+            hide_index=True,
+            column_config={
+                k: st.column_config.NumberColumn(format="%.3f")
+                for k in ("precision", "recall", "f1")
+            },
+        )
+    with tabs[2]:
+        left, right = st.columns(2)
+        left.plotly_chart(charts.curves_figure(report["roc"], "roc"), key="chart_roc")
+        right.plotly_chart(charts.curves_figure(report["pr"], "pr"), key="chart_pr")
+    with tabs[3]:
+        wrong = report["wrong"]
+        st.caption(
+            f"{len(wrong)} of {len(preds['targets'])} test images misclassified; the most "
+            f"confident mistakes first (showing {min(len(wrong), GALLERY_SIZE)})."
+        )
+        pictures, captions = [], []
+        base = (run["config"] or {}).get("dataset")
+        for i in wrong[:GALLERY_SIZE]:
+            image = images.open_image(preds["paths"][i], base)
+            if image is None:
+                continue
+            probs = preds["probs"][i]
+            guess = max(range(len(probs)), key=probs.__getitem__)
+            truth = preds["targets"][i]
+            pictures.append(images.upscale(image))
+            captions.append(
+                f"true {classes[truth]} ({probs[truth]:.2f}) · predicted {classes[guess]} "
+                f"({probs[guess]:.2f})"
+            )
+        if pictures:
+            st.image(pictures, caption=captions, width=160)
+
+
+def draw_detection_report(run: dict[str, Any], preds: dict, path, mtime: float) -> None:
+    card = state.read_json(state.run_folder(run["id"]) / "model.json") or {}
+    default_score = float(card.get("threshold") or 0.5)
+    left, right = st.columns(2)
+    iou = left.slider("IoU threshold", 0.1, 0.95, 0.5, 0.05, key="det_iou")
+    score = right.slider(
+        "Confidence threshold", 0.0, 1.0, round(default_score, 2), 0.01, key="det_score"
+    )
+    report = detection_report(str(path), mtime, float(iou), float(score))
+    classes = [str(c) for c in preds["classes"]]
+    cols = st.columns(5)
+    for col, key in zip(cols, ("map", "map_50", "precision", "recall", "f1")):
+        value = report.get(key)
+        col.metric(key, "—" if value is None else f"{value:.3f}")
+    tabs = st.tabs(["AP per class", "Precision-recall", "Confusion matrix", "Gallery"])
+    with tabs[0]:
+        st.dataframe(
+            report["per_class"],
+            hide_index=True,
+            column_config={
+                k: st.column_config.NumberColumn(format="%.3f")
+                for k in ("ap", "ap_50", "precision", "recall")
+            },
+        )
+    with tabs[1]:
+        st.plotly_chart(charts.pr_curve_figure(report["pr_curve"]), key="chart_det_pr")
+    with tabs[2]:
+        st.plotly_chart(
+            charts.confusion_figure(
+                report["confusion"], report["row_labels"], report["column_labels"]
+            ),
+            key="chart_det_confusion",
+        )
+        st.caption(
+            "Rows: true class; columns: predicted class. “not detected”: a true box no "
+            "detection matched; “not an object”: a detection that matched no box."
+        )
+    with tabs[3]:
+        st.caption("Green: true boxes; red: predictions at or above the confidence threshold.")
+        pictures, captions = [], []
+        base = (run["config"] or {}).get("dataset")
+        for i, file in enumerate(preds["paths"][:GALLERY_SIZE]):
+            image = images.open_image(file, base)
+            if image is None:
+                continue
+            truth, pred = preds["targets"][i], preds["preds"][i]
+            keep = [k for k, s in enumerate(pred["scores"]) if s >= score]
+            image = images.draw_boxes(
+                image, truth["boxes"], truth["labels"], classes, images.TRUE_COLOR
+            )
+            image = images.draw_boxes(
+                image,
+                [pred["boxes"][k] for k in keep],
+                [pred["labels"][k] for k in keep],
+                classes,
+                images.PRED_COLOR,
+                [pred["scores"][k] for k in keep],
+            )
+            pictures.append(images.upscale(image, 256))
+            captions.append(f"{len(truth['labels'])} true, {len(keep)} predicted")
+        if pictures:
+            st.image(pictures, caption=captions, width=256)
+
+
+def draw_reports(run: dict[str, Any]) -> None:
+    path = state.run_folder(run["id"]) / "predictions.json"
+    preds = state.read_json(path)
+    if not preds:
+        return
+    mtime = path.stat().st_mtime
+    st.header("Evaluation on the test split")
+    try:
+        if preds.get("task", run["task"]) == "detection":
+            draw_detection_report(run, preds, path, mtime)
+        else:
+            draw_classification_report(run, preds, path, mtime)
+    except ImportError as exc:
+        st.info(f"Reports need engine.evaluate: {exc}")
+    except (KeyError, ValueError, TypeError) as exc:
+        st.error(f"Cannot read {path}: {exc}")
+
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+
+
+def export_model(run_id: int) -> None:
+    """Write the chosen format with engine.export (a button callback; torch loads here)."""
+    fmt = st.session_state.get("export_format", "onnx")
+    try:
+        from engine.export import export_run
+
+        with st.spinner(f"Exporting {fmt}…"):
+            path = export_run(run_id, fmt, home=state.home())
+    except Exception as exc:  # ExportError, or a model the exporter cannot trace
+        st.session_state["export_message"] = ("error", f"Export to {fmt} failed: {exc}")
+    else:
+        st.session_state["export_message"] = ("success", f"Exported {path.name}.")
+
+
+def draw_exports(run_id: int) -> None:
+    folder = state.run_folder(run_id)
+    files = state.export_files(folder)
+    if not files:
+        return
+    st.header("Export")
+    cols = st.columns(min(4, len(files)))
+    for i, file in enumerate(files):
+        size = file.stat().st_size / 1e6
+        cols[i % len(cols)].download_button(
+            f"{file.name} ({size:.1f} MB)",
+            data=lambda f=file: f.read_bytes(),
+            file_name=file.name,
+            key=f"download_{file.relative_to(folder)}",
+            mime="application/json" if file.suffix == ".json" else "application/octet-stream",
+        )
+    if not (folder / "model.safetensors").is_file():
+        return
+    left, right = st.columns([1, 3])
+    left.selectbox("Format", EXPORT_FORMATS, key="export_format")
+    right.button(
+        "Export",
+        key="export_run",
+        on_click=export_model,
+        args=(run_id,),
+        help="Writes the model in that format (and its card) under the run's export/ folder.",
+    )
+    message = st.session_state.pop("export_message", None)
+    if message:
+        getattr(st, message[0])(message[1])
+
+
+def draw_config(run: dict[str, Any]) -> None:
+    with st.expander("Config"):
+        rows = [{"key": k, "value": "" if v is None else str(v)} for k, v in run["config"].items()]
+        st.dataframe(rows, hide_index=True, height=min(600, 35 * len(rows) + 40))
+    with st.expander("Summary"):
+        st.json(run["summary"] or {})
+
+
+# -- page ----------------------------------------------------------------------------------
+
+st.title("Run")
+db = state.get_db()
+run_id = pick_run(state.run_choices(db))
+if run_id is None:
+    st.info("No runs yet. Launch one from the New run page.")
+    st.page_link("pages/new_run.py", label="New run", icon=":material/add_circle:")
+    st.stop()
+run = store.get_run(db, run_id)
+if run is None:
+    st.error(f"There is no run {run_id}.")
+    st.stop()
+
+st.subheader(f"#{run['id']} {run['name']} · {BADGES.get(run['status'], run['status'])}")
+st.caption(
+    f"{run['task']} · {run['model']} · dataset `{run['dataset']}` · launched by "
+    f"{run['user'] or 'anonymous'} on {state.format_time(run['created_at'])}"
+    + (f" · tags: {', '.join(run['tags'])}" if run["tags"] else "")
+)
+actions = st.columns([1, 1, 1, 1, 3])
+if run["status"] in ACTIVE:
+    actions[0].button(
+        "Cancel",
+        key="run_cancel",
+        on_click=cancel,
+        args=(run_id,),
+        disabled=bool(run.get("cancel_requested")),
+        help="Stops the run cleanly at the next step; the best weights so far are kept.",
+    )
+if run["status"] in ("failed", "cancelled"):
+    actions[1].button(
+        "Resume",
+        key="run_resume",
+        on_click=resume,
+        args=(run_id,),
+        help="Queue it again; it continues from its last finished epoch.",
+    )
+actions[2].button(
+    "Re-run",
+    key="run_rerun",
+    on_click=rerun,
+    args=(run_id,),
+    help="Queue a new run with the same config.",
+)
+if actions[3].button("Edit and re-run", key="run_edit"):
+    st.switch_page("pages/new_run.py", query_params={"from": run_id})
+st.segmented_control(
+    "x axis",
+    ["epoch", "step"],
+    key="run_x",
+    default="epoch",
+    help="Plot the curves per epoch or per optimizer step.",
+)
+
+interval = 2 if run["status"] in ACTIVE else None
+st.fragment(run_every=interval)(draw_live)(run_id, run["status"])
+draw_config(run)
+draw_reports(run)
+draw_exports(run_id)

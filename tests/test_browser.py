@@ -1,0 +1,237 @@
+"""The whole product in a real browser: `visionboard serve`, headless Chromium, two runs.
+
+Fills the New run form for the "digits" sample dataset, launches, waits on the run page until
+the run completes, re-runs it, and opens Compare with both. Screenshots go to the test's tmp
+folder and to $VISIONBOARD_SCREENSHOTS when set.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from engine import store
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+RUN_TIMEOUT_MS = 180_000
+
+
+def chromium_or_skip() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail("chromium is not installed, and CI must run the browser test")
+    pytest.skip("chromium is not installed (apt-get install chromium); CI is not set")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"visionboard serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the dashboard did not answer within {timeout}s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`visionboard serve` on a free port and a fresh data dir; stopped with its children."""
+    home = tmp_path / "home"
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = dict(os.environ, VISIONBOARD_HOME=str(home))
+    env.pop("VISIONBOARD_SAMPLES", None)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+                "--home",
+                str(home),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log)
+        yield url, home, log
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # serve stops the dashboard and the worker
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def screenshot(page, tmp_path: Path, name: str) -> None:
+    targets = [tmp_path]
+    if os.environ.get("VISIONBOARD_SCREENSHOTS"):
+        targets.append(Path(os.environ["VISIONBOARD_SCREENSHOTS"]))
+    for folder in targets:
+        folder.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+def widget(page, testid: str, label: str):
+    """The Streamlit widget of that kind whose label is exactly `label`."""
+    exact = re.compile(rf"^\s*{re.escape(label)}\s*$")
+    return page.locator(f'[data-testid="{testid}"]').filter(
+        has=page.locator('[data-testid="stWidgetLabel"]', has_text=exact)
+    )
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = widget(page, "stNumberInput", label).locator("input")
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_timeout(300)
+
+
+def choose(page, label: str, option: str) -> None:
+    page.get_by_role("combobox", name=label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_timeout(300)
+
+
+def open_group(page, title: str) -> None:
+    summary = page.locator('[data-testid="stExpander"] summary', has_text=title).first
+    details = summary.locator("xpath=..")
+    if details.get_attribute("open") is None:
+        summary.click()
+
+
+def wait_completed(page, tmp_path: Path, run_id: int) -> None:
+    """Wait until the run page's heading says run `run_id` completed (it refreshes itself)."""
+    heading = page.get_by_role("heading", name=re.compile(rf"^#{run_id} .*completed"))
+    try:
+        heading.wait_for(timeout=RUN_TIMEOUT_MS)
+    except Exception:
+        screenshot(page, tmp_path, f"run-{run_id}-timeout")
+        raise
+
+
+def test_browser_launch_watch_and_compare(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_or_skip()
+    url, home, log = server
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+        )
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            page.goto(url + "/new_run")
+            page.get_by_role("heading", name="New run").wait_for(timeout=60_000)
+            # The sample dataset is ready for a newcomer.
+            dataset = page.get_by_role("combobox", name="Dataset", exact=True)
+            assert dataset.input_value().startswith("digits (classification")
+            # Opened first on a fresh server, the page still runs inside the router.
+            assert not page.get_by_text("Page not found").count()
+            name = page.get_by_role("textbox", name="Your name")
+            name.fill("dana")
+            name.press("Enter")
+            page.wait_for_timeout(300)
+            choose(page, "Model", "efficientnet_b0")
+            widget(page, "stCheckbox", "Pretrained").locator("label").click()
+            set_number(page, "Image size", 32)
+            open_group(page, "Optimization")
+            set_number(page, "Epochs", 1)
+            set_number(page, "Batch size", 16)
+            set_number(page, "Num workers", 0)
+            screenshot(page, tmp_path, "new-run")
+            page.get_by_role("button", name="Queue run").click()
+            page.wait_for_url(re.compile(r"/run\?run=1"), timeout=60_000)
+            wait_completed(page, tmp_path, 1)
+            page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+            screenshot(page, tmp_path, "run-1")
+            # Export the finished model to ONNX: a download button for it appears.
+            page.get_by_role("button", name="Export", exact=True).click()
+            page.get_by_role("button", name=re.compile(r"^model\.onnx \(")).wait_for(
+                timeout=120_000
+            )
+
+            page.get_by_role("button", name="Re-run", exact=True).click()
+            page.wait_for_url(re.compile(r"/run\?run=2"), timeout=60_000)
+            wait_completed(page, tmp_path, 2)
+
+            page.goto(url + "/compare?runs=1,2")
+            page.get_by_role("heading", name="Compare runs").wait_for(timeout=60_000)
+            page.locator(".js-plotly-plot").nth(1).wait_for(timeout=30_000)
+            page.wait_for_timeout(1000)
+            screenshot(page, tmp_path, "compare")
+            page.goto(url + "/")
+            page.get_by_role("heading", name="Runs").wait_for(timeout=60_000)
+            page.locator('[data-testid="stDataFrame"]').wait_for(timeout=30_000)
+            screenshot(page, tmp_path, "runs")
+            assert not page.locator('[data-testid="stException"]').count()
+        finally:
+            context.close()
+    assert not errors, errors
+
+    db = store.connect(home)
+    runs = {r["id"]: r for r in store.list_runs(db)}
+    assert [runs[i]["status"] for i in (1, 2)] == ["completed", "completed"], log.read_text()[
+        -3000:
+    ]
+    config = runs[1]["config"]
+    assert (config["model"], config["pretrained"], config["image_size"]) == (
+        "efficientnet_b0",
+        False,
+        32,
+    )
+    assert (config["epochs"], config["batch_size"], config["num_workers"]) == (1, 16, 0)
+    assert runs[2]["config"] == config
+    assert runs[1]["user"] == runs[2]["user"] == "dana"  # asked once per browser session
+    assert store.get_metrics(db, 1, ["test_roc_auc"])
+    assert (home / "1" / "export" / "model.onnx").is_file()

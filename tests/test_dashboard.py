@@ -1,0 +1,675 @@
+"""AppTest tests of every dashboard page against a seeded data directory.
+
+The `home` fixture (tests/conftest.py) sets $VISIONBOARD_HOME to a fresh folder; the pages
+read it through dashboard.state. Runs, metrics and run files are written here directly, as
+the worker and trainer would.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import write_digits_imagefolder
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from engine import store
+from engine.config import RunConfig
+
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def no_samples(monkeypatch):
+    # Every test seeds its own data; the sample datasets are tested once, on purpose.
+    monkeypatch.setenv("VISIONBOARD_SAMPLES", "0")
+
+
+@pytest.fixture
+def dataset(home, db):
+    root = write_digits_imagefolder(home / "data" / "tiny", per_class=5, classes=range(3))
+    store.register_dataset(
+        db,
+        "tiny",
+        str(root),
+        "imagefolder",
+        "classification",
+        {
+            "classes": ["0", "1", "2"],
+            "images": {"train": 12, "test": 3},
+            "images_per_class": {c: {"train": 4, "test": 1} for c in "012"},
+            "problems": [],
+        },
+    )
+    return root
+
+
+def open_page(page=None, query=None, user=None):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    if user is not None:
+        at.user = user
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def seed_run(db, dataset, status="completed", epochs=3, steps=4, user="alice", tags=(), **over):
+    """A run as the worker and trainer leave it: metrics per step and per epoch, a summary."""
+    config = {"dataset": str(dataset), "model": "efficientnet_b0", "pretrained": False}
+    cfg = RunConfig.from_dict({**config, "epochs": epochs, **over}).resolved()
+    run_id = store.create_run(db, cfg, name=cfg["name"], user=user, tags=tags)
+    if status == "queued":
+        return run_id
+    store.claim_run(db, "worker-1", run_id)
+    step = 0
+    for epoch in range(1, epochs + 1):
+        for _ in range(steps):
+            step += 1
+            lr = cfg["lr"] * min(1.0, step / steps)
+            store.add_metrics(db, run_id, step, epoch, {"lr": lr, "train_loss_step": 2.0 / step})
+        values = {
+            "train_loss": 1.0 / epoch,
+            "test_loss": 1.2 / epoch,
+            "test_roc_auc": 0.5 + 0.1 * epoch,
+            "test_accuracy": 0.4 + 0.1 * epoch,
+        }
+        store.add_metrics(db, run_id, step, epoch, values)
+    store.update_summary(
+        db,
+        run_id,
+        best_metric=0.5 + 0.1 * epochs,
+        best_epoch=epochs,
+        epochs_trained=epochs,
+        epoch=epochs,
+        epochs=epochs,
+        step=step,
+        steps_per_epoch=steps,
+        epochs_since_best=0,
+        stop_reason="epoch limit",
+        metric=cfg["metric"],
+        eta_seconds=30,
+    )
+    if status != "running":
+        store.set_status(
+            db, run_id, status, error="CUDA out of memory" if status == "failed" else None
+        )
+    return run_id
+
+
+def charts_by_key(at):
+    return {c.key: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+
+
+def table(at, key=None):
+    frames = [d for d in at.dataframe if key is None or d.key == key]
+    assert frames, "no table"
+    return frames[0].value
+
+
+# -- app and sidebar -------------------------------------------------------------------------
+
+
+def test_app_opens_on_runs_with_an_empty_database(home):
+    at = open_page()
+    assert at.title[0].value == "Runs"
+    assert any("No runs yet" in i.value for i in at.info)
+    assert at.sidebar.text_input(key="vb_user_name_input").value  # defaults to the OS user
+
+
+def test_app_prepares_the_sample_datasets_once(home, monkeypatch):
+    monkeypatch.setenv("VISIONBOARD_SAMPLES", "1")
+    open_page()
+    names = [d["name"] for d in store.list_datasets(store.connect(home))]
+    assert "digits" in names
+    at = open_page("new_run")
+    assert at.selectbox(key="cfg_dataset_choice").value == "digits"
+
+
+# -- new run ---------------------------------------------------------------------------------
+
+
+def fill_tiny_run(at):
+    at.sidebar.text_input(key="vb_user_name_input").set_value("bob")
+    at.selectbox(key="cfg_dataset_choice").set_value("tiny")
+    at.selectbox(key="cfg_model").set_value("efficientnet_b0")
+    at.checkbox(key="cfg_pretrained").uncheck()
+    at.number_input(key="cfg_image_size").set_value(32)
+    at.number_input(key="cfg_epochs").set_value(1)
+    at.number_input(key="cfg_batch_size").set_value(16)
+    at.number_input(key="cfg_num_workers").set_value(0)
+    at.number_input(key="cfg_lr").set_value(0.01)
+    at.checkbox(key="cfg_augment_hflip").check()
+    at.text_input(key="cfg_name").set_value("tiny b0")
+    at.text_input(key="cfg_tags").set_value("smoke, baseline")
+    return at.run()
+
+
+def test_new_run_form_has_every_key_grouped_with_help(home, dataset):
+    from engine.config import GROUPS, field_info
+
+    at = open_page("new_run")
+    assert [e.label for e in at.expander][: len(GROUPS)] == list(GROUPS)
+    keys = {
+        w.key: w
+        for kind in ("selectbox", "checkbox", "number_input", "text_input")
+        for w in getattr(at, kind)
+    }
+    for info in field_info():
+        key = "cfg_dataset_choice" if info["name"] == "dataset" else "cfg_" + info["name"]
+        assert key in keys, f"no widget for {info['name']}"
+        assert keys[key].help, f"no help on {info['name']}"
+    assert keys["cfg_epochs"].value == 50
+    assert keys["cfg_image_size"].value is None  # the model's default
+    assert keys["cfg_metric"].options == [
+        "roc_auc",
+        "accuracy",
+        "f1",
+        "precision",
+        "recall",
+        "log_loss",
+        "average_precision",
+    ]
+
+
+def test_new_run_form_queues_the_run_and_opens_it(home, db, dataset):
+    at = fill_tiny_run(open_page("new_run"))
+    at.button(key="queue_run").click().run()
+    assert not at.exception
+    runs = store.list_runs(db)
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run["name"], run["status"], run["user"], run["tags"]) == (
+        "tiny b0",
+        "queued",
+        "bob",
+        ["baseline", "smoke"],
+    )
+    config = run["config"]
+    assert config["dataset"] == str(dataset)
+    assert (config["model"], config["pretrained"], config["image_size"]) == (
+        "efficientnet_b0",
+        False,
+        32,
+    )
+    assert (config["epochs"], config["batch_size"], config["num_workers"]) == (1, 16, 0)
+    assert config["lr"] == 0.01 and config["augment_hflip"] is True
+    assert config["metric"] == "roc_auc"  # resolved: the task's default filled in
+    # The run page opened on the new run.
+    assert at.title[0].value == "Run"
+    assert at.query_params["run"] == str(run["id"])
+    assert "queued" in at.subheader[0].value
+
+
+def test_new_run_form_records_the_login_user(home, db, dataset):
+    at = open_page("new_run", user={"is_logged_in": True, "email": "carol@example.com"})
+    assert not at.sidebar.text_input  # no name to type: the login says who it is
+    at.selectbox(key="cfg_dataset_choice").set_value("tiny")
+    at.checkbox(key="cfg_pretrained").uncheck().run()
+    at.button(key="queue_run").click().run()
+    assert store.list_runs(db)[0]["user"] == "carol@example.com"
+
+
+def test_new_run_form_shows_errors_beside_fields_and_queues_nothing(home, db, dataset):
+    at = open_page("new_run")
+    at.selectbox(key="cfg_dataset_choice").set_value("a path on the server…").run()
+    at.text_input(key="cfg_dataset_path").set_value(str(home / "missing"))
+    at.selectbox(key="cfg_model").set_value("other timm name…").run()
+    at.selectbox(key="cfg_device").set_value("cpu")
+    at.selectbox(key="cfg_mixed_precision").set_value("fp16")
+    at.checkbox(key="cfg_pretrained").uncheck()
+    at.button(key="queue_run").click().run()
+    assert store.list_runs(db) == []
+    messages = [e.value for e in at.error]
+    assert any(m.startswith("model:") for m in messages)
+    assert any(m.startswith("mixed_precision:") and "on cpu" in m for m in messages)
+    assert any("Nothing was queued" in m for m in messages)
+    # Fixed config, but the dataset folder does not exist: checked before queueing.
+    at.text_input(key="cfg_model_other").set_value("resnet18")
+    at.selectbox(key="cfg_mixed_precision").set_value("no")
+    at.button(key="queue_run").click().run()
+    assert store.list_runs(db) == []
+    assert any(
+        m.startswith("dataset:") and "does not exist" in m for m in (e.value for e in at.error)
+    )
+
+
+def test_new_run_form_rejects_an_unreadable_dataset(home, db, dataset):
+    empty = home / "data" / "empty"
+    (empty / "only_class").mkdir(parents=True)
+    at = open_page("new_run")
+    at.selectbox(key="cfg_dataset_choice").set_value("a path on the server…").run()
+    at.text_input(key="cfg_dataset_path").set_value(str(empty))
+    at.checkbox(key="cfg_pretrained").uncheck()
+    at.button(key="queue_run").click().run()
+    assert store.list_runs(db) == []
+    assert any(e.value.startswith("dataset:") for e in at.error)
+
+
+def test_new_run_form_without_weights_offers_training_from_scratch(
+    home, db, dataset, monkeypatch, tmp_path
+):
+    # Real engine.weights, with empty caches: no weights for efficientnet_b0 here.
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    at = open_page("new_run")
+    at.selectbox(key="cfg_dataset_choice").set_value("tiny")
+    at.selectbox(key="cfg_model").set_value("efficientnet_b0").run()
+    assert at.checkbox(key="cfg_pretrained").value is True
+    assert any("No pre-trained weights for `efficientnet_b0`" in c.value for c in at.caption)
+    assert any("no pre-trained weights" in w.value for w in at.warning)
+    at.button(key="queue_run").click().run()
+    assert store.list_runs(db) == []
+    assert any(e.value.startswith("pretrained:") for e in at.error)
+    at.button(key="train_from_scratch").click().run()
+    assert at.checkbox(key="cfg_pretrained").value is False
+    assert not at.warning
+    at.button(key="queue_run").click().run()
+    assert store.list_runs(db)[0]["config"]["pretrained"] is False
+
+
+def test_new_run_form_shows_available_weights(home, dataset, monkeypatch):
+    import engine.weights
+
+    def fake_status(model, home=None):
+        return {"model": model, "available": True, "source": "imported", "path": "/w"}
+
+    monkeypatch.setattr(engine.weights, "weights_status", fake_status)
+    at = open_page("new_run")
+    assert any("are on this server (imported)" in c.value for c in at.caption)
+    assert not at.warning
+
+
+def test_new_run_form_detection_task_changes_models_and_metrics(home, dataset):
+    at = open_page("new_run")
+    at.selectbox(key="cfg_task").set_value("detection").run()
+    assert at.selectbox(key="cfg_model").value == "fasterrcnn_resnet50_fpn"
+    assert "efficientnet_b0" not in at.selectbox(key="cfg_model").options
+    assert at.selectbox(key="cfg_metric").options == ["f1", "precision", "recall", "map", "map_50"]
+    assert at.selectbox(key="cfg_dataset_choice").value == "a path on the server…"
+    assert not at.number_input(key="cfg_min_size").disabled
+
+
+def test_new_run_form_starts_from_a_past_run(home, db, dataset):
+    old = seed_run(db, dataset, lr=0.05, epochs=7, model="resnet18", augment_vflip=True, tags=["x"])
+    at = open_page("new_run")
+    at.selectbox(key="start_from").set_value(old).run()
+    assert at.number_input(key="cfg_lr").value == 0.05
+    assert at.number_input(key="cfg_epochs").value == 7
+    assert at.checkbox(key="cfg_augment_vflip").value is True
+    assert at.selectbox(key="cfg_model").value == "other timm name…"
+    assert at.text_input(key="cfg_model_other").value == "resnet18"
+    assert at.selectbox(key="cfg_dataset_choice").value == "tiny"
+    # ?from=ID (the run page's "Edit and re-run") does the same.
+    at = open_page("new_run", query={"from": str(old)})
+    assert at.number_input(key="cfg_epochs").value == 7
+
+
+def test_new_run_preview_shows_augmented_samples(home, dataset):
+    at = open_page("new_run")
+    at.selectbox(key="cfg_dataset_choice").set_value("tiny")
+    at.number_input(key="cfg_image_size").set_value(32)
+    at.checkbox(key="cfg_augment_hflip").check()
+    at.toggle(key="preview_on").set_value(True).run()
+    assert not at.exception
+    assert at.image, "no preview images"
+    assert len(at.image[0].captions) == 6
+    assert all(c.split(" · ")[0] in ("0", "1", "2") for c in at.image[0].captions)
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+
+def select_rows(at, *positions):
+    at.session_state["runs_table"] = {
+        "selection": {"rows": list(positions), "columns": [], "cells": []}
+    }
+    return at.run()
+
+
+def test_runs_page_lists_every_run_with_progress(home, db, dataset):
+    done = seed_run(db, dataset, user="alice", tags=["best"])
+    running = seed_run(db, dataset, status="running", epochs=4, model="resnet18")
+    queued = seed_run(db, dataset, status="queued")
+    at = open_page("runs")
+    rows = table(at, "runs_table")
+    assert list(rows["id"]) == [queued, running, done]
+    first = rows.set_index("id").loc[done]
+    assert (first["status"], first["epoch"], first["metric"], first["user"]) == (
+        "completed",
+        "3 / 3",
+        "roc_auc",
+        "alice",
+    )
+    assert first["best"] == pytest.approx(0.8)
+    assert first["progress"] == 1.0
+    assert first["tags"] == "best"
+    assert rows.set_index("id").loc[queued, "epoch"] == "0 / 3"
+    for column in ("name", "task", "model", "dataset", "created", "duration"):
+        assert column in rows.columns
+
+
+def test_runs_page_filters(home, db, dataset):
+    seed_run(db, dataset, status="failed", tags=["a"])
+    keep = seed_run(db, dataset, model="resnet18", name="special one")
+    seed_run(db, dataset, status="queued")
+    at = open_page("runs")
+    at.multiselect(key="runs_status").set_value(["failed"]).run()
+    assert list(table(at, "runs_table")["status"]) == ["failed"]
+    at.multiselect(key="runs_status").set_value([]).run()
+    at.selectbox(key="runs_model").set_value("resnet18").run()
+    assert list(table(at, "runs_table")["id"]) == [keep]
+    at.selectbox(key="runs_model").set_value(None)
+    at.selectbox(key="runs_tag").set_value("a").run()
+    assert list(table(at, "runs_table")["status"]) == ["failed"]
+    at.selectbox(key="runs_tag").set_value(None)
+    at.text_input(key="runs_search").set_value("special").run()
+    assert list(table(at, "runs_table")["id"]) == [keep]
+    at.text_input(key="runs_search").set_value("nothing like it").run()
+    assert any("No runs match" in i.value for i in at.info)
+
+
+def test_runs_page_cancel_resume_and_rerun(home, db, dataset):
+    failed = seed_run(db, dataset, status="failed")
+    queued = seed_run(db, dataset, status="queued")
+    at = select_rows(open_page("runs"), 0)  # newest first: the queued run
+    at.button(key="runs_cancel").click().run()
+    assert store.get_run(db, queued)["status"] == "cancelled"
+    assert any("Cancel requested for #" in s.value for s in at.success)
+    at = select_rows(at, 1)
+    at.button(key="runs_resume").click().run()
+    run = store.get_run(db, failed)
+    assert (run["status"], run["resume_requested"]) == ("queued", 1)
+    at = select_rows(at, 1)
+    at.button(key="runs_rerun").click().run()
+    newest = store.list_runs(db)[0]
+    assert newest["id"] not in (failed, queued)
+    assert newest["config"] == store.get_run(db, failed)["config"]
+    assert newest["status"] == "queued"
+
+
+def test_runs_page_delete_asks_first(home, db, dataset):
+    keep = seed_run(db, dataset)
+    gone = seed_run(db, dataset)
+    folder = store.run_dir(gone, home)
+    (folder / "train.log").write_text("hello")
+    at = select_rows(open_page("runs"), 0)
+    assert at.button(key="runs_delete").disabled
+    at.checkbox(key="runs_confirm_delete").check().run()
+    at.button(key="runs_delete").click().run()
+    assert store.get_run(db, gone) is None
+    assert not folder.exists()
+    assert [r["id"] for r in store.list_runs(db)] == [keep]
+    assert list(table(at, "runs_table")["id"]) == [keep]
+
+
+def test_runs_page_edits_name_tags_and_note(home, db, dataset):
+    run_id = seed_run(db, dataset, tags=["old"])
+    at = select_rows(open_page("runs"), 0)
+    assert at.text_input(key="runs_edit_tags").value == "old"
+    at.text_input(key="runs_edit_name").set_value("renamed")
+    at.text_input(key="runs_edit_tags").set_value("new, shiny")
+    at.text_area(key="runs_edit_note").set_value("lr too high")
+    at.button(key="runs_save").click().run()
+    run = store.get_run(db, run_id)
+    assert (run["name"], run["tags"], run["note"]) == ("renamed", ["new", "shiny"], "lr too high")
+
+
+def test_runs_page_open_and_compare(home, db, dataset):
+    a = seed_run(db, dataset)
+    b = seed_run(db, dataset)
+    at = select_rows(open_page("runs"), 0, 1)
+    at.button(key="runs_compare").click().run()
+    assert at.title[0].value == "Compare runs"
+    assert sorted(at.multiselect(key="compare_runs").value) == [a, b]
+
+
+# -- run -------------------------------------------------------------------------------------
+
+
+def test_run_page_shows_progress_charts_config_and_log(home, db, dataset):
+    run_id = seed_run(db, dataset)
+    (store.run_dir(run_id, home) / "train.log").write_text("epoch 1\nepoch 2\nall done\n")
+    at = open_page("run", query={"run": str(run_id)})
+    assert f"#{run_id}" in at.subheader[0].value and "completed" in at.subheader[0].value
+    assert at.get("progress")[0].proto.text == "Epoch 3 of 3"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Best roc_auc"] == "0.8000"
+    assert metrics["Best epoch"] == "3"
+    assert metrics["Epochs since best"] == "0 / 5"
+    figures = charts_by_key(at)
+    assert {"chart_loss", "chart_metric", "chart_lr"} <= set(figures)
+    loss_names = [t["name"] for t in figures["chart_loss"]["data"]]
+    assert loss_names == ["train loss (step)", "train loss", "test loss"]
+    assert len(figures["chart_lr"]["data"][0]["y"]) == 12  # one point per step
+    assert any("all done" in c.value for c in at.code)
+    config = table(at)
+    assert "epochs" in list(config["key"])
+    assert any("epoch limit" in c.value for c in at.caption)
+
+
+def test_run_page_failed_run_shows_the_error(home, db, dataset):
+    run_id = seed_run(db, dataset, status="failed")
+    at = open_page("run", query={"run": str(run_id)})
+    assert any("CUDA out of memory" in e.value for e in at.error)
+    at.button(key="run_resume").click().run()
+    assert store.get_run(db, run_id)["status"] == "queued"
+
+
+def test_run_page_cancels_a_running_run(home, db, dataset):
+    run_id = seed_run(db, dataset, status="running")
+    at = open_page("run", query={"run": str(run_id)})
+    assert any(m.label == "ETA" and m.value == "30s" for m in at.metric)
+    at.button(key="run_cancel").click().run()
+    assert store.cancel_requested(db, run_id)
+    assert at.button(key="run_cancel").disabled
+
+
+def test_run_page_without_runs_and_with_a_missing_run(home, db):
+    at = open_page("run")
+    assert any("No runs yet" in i.value for i in at.info)
+
+
+def write_classification_predictions(home, run_id, dataset):
+    paths = sorted(str(p) for p in Path(dataset).rglob("*.png"))[:6]
+    targets = [0, 0, 1, 1, 2, 2]
+    probs = [
+        [0.8, 0.1, 0.1],
+        [0.2, 0.7, 0.1],  # wrong: 0 taken for 1, the most confident mistake
+        [0.1, 0.8, 0.1],
+        [0.1, 0.6, 0.3],
+        [0.1, 0.1, 0.8],
+        [0.6, 0.1, 0.3],  # wrong: 2 taken for 0
+    ]
+    data = {
+        "task": "classification",
+        "classes": ["0", "1", "2"],
+        "paths": paths,
+        "targets": targets,
+        "probs": probs,
+    }
+    (store.run_dir(run_id, home) / "predictions.json").write_text(json.dumps(data))
+
+
+def test_run_page_classification_report(home, db, dataset):
+    run_id = seed_run(db, dataset)
+    write_classification_predictions(home, run_id, dataset)
+    at = open_page("run", query={"run": str(run_id)})
+    figures = charts_by_key(at)
+    assert figures["chart_confusion"]["data"][0]["z"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert len([t for t in figures["chart_roc"]["data"] if t["name"] != "chance"]) == 3
+    assert len(figures["chart_pr"]["data"]) == 3
+    frames = [d.value for d in at.dataframe if "f1" in d.value.columns]
+    assert frames and list(frames[0]["support"]) == [2, 2, 2]
+    captions = at.image[0].captions
+    assert len(captions) == 2
+    assert captions == ["true 0 (0.20) · predicted 1 (0.70)", "true 2 (0.30) · predicted 0 (0.60)"]
+    at.toggle(key="confusion_norm").set_value(True).run()
+    z = charts_by_key(at)["chart_confusion"]["data"][0]["z"]
+    assert z[0] == [0.5, 0.5, 0.0]
+
+
+def write_detection_predictions(home, run_id):
+    canvas = home / "det"
+    canvas.mkdir()
+    paths = []
+    for i in range(2):
+        path = canvas / f"{i}.png"
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
+        paths.append(str(path))
+    data = {
+        "task": "detection",
+        "classes": ["a", "b"],
+        "paths": paths,
+        "targets": [
+            {"boxes": [[0, 0, 20, 20]], "labels": [0]},
+            {"boxes": [[30, 30, 60, 60]], "labels": [1]},
+        ],
+        "preds": [
+            # IoU with the true box is 0.64: matched at IoU 0.5, not at 0.7.
+            {"boxes": [[0, 0, 16, 16]], "scores": [0.9], "labels": [0]},
+            {"boxes": [[30, 30, 60, 60], [0, 40, 10, 50]], "scores": [0.8, 0.3], "labels": [1, 0]},
+        ],
+    }
+    (store.run_dir(run_id, home) / "predictions.json").write_text(json.dumps(data))
+    (store.run_dir(run_id, home) / "model.json").write_text(json.dumps({"threshold": 0.5}))
+
+
+def test_run_page_detection_report_recomputes_with_the_sliders(home, db, dataset):
+    run_id = seed_run(db, dataset)
+    db.execute("update runs set task = 'detection' where id = ?", [run_id])
+    db.conn.commit()
+    write_detection_predictions(home, run_id)
+    at = open_page("run", query={"run": str(run_id)})
+    figures = charts_by_key(at)
+    confusion = figures["chart_det_confusion"]["data"][0]
+    assert confusion["x"] == ["a", "b", "not detected"]
+    assert confusion["y"] == ["a", "b", "not an object"]
+    assert confusion["z"] == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]
+    assert "chart_det_pr" in figures
+    ap = [d.value for d in at.dataframe if "ap" in d.value.columns][0]
+    assert list(ap["class"]) == ["a", "b"]
+    at.slider(key="det_iou").set_value(0.7).run()
+    z = charts_by_key(at)["chart_det_confusion"]["data"][0]["z"]
+    assert z == [[0, 0, 1], [0, 1, 0], [1, 0, 0]]  # the loose box no longer matches
+    at.slider(key="det_score").set_value(0.2).run()
+    z = charts_by_key(at)["chart_det_confusion"]["data"][0]["z"]
+    assert z[2] == [2, 0, 0]  # the low-score box now counts as "not an object" too
+    assert len(at.image[0].captions) == 2
+
+
+def test_run_page_export_lists_the_run_files(home, db, dataset):
+    run_id = seed_run(db, dataset)
+    folder = store.run_dir(run_id, home)
+    (folder / "model.safetensors").write_bytes(b"\0" * 10)
+    (folder / "model.json").write_text("{}")
+    (folder / "export").mkdir()
+    (folder / "export" / "model.onnx").write_bytes(b"onnx")
+    at = open_page("run", query={"run": str(run_id)})
+    labels = [b.label for b in at.download_button]
+    assert [label.split(" ")[0] for label in labels] == [
+        "model.safetensors",
+        "model.json",
+        "model.onnx",
+    ]
+    assert any(h.value == "Export" for h in at.header)
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+
+def test_compare_page_overlays_runs_and_tables(home, db, dataset):
+    a = seed_run(db, dataset, lr=0.01)
+    b = seed_run(db, dataset, lr=0.001, epochs=2)
+    c = seed_run(db, dataset, status="queued")
+    at = open_page("compare", query={"runs": f"{a},{b}"})
+    assert at.multiselect(key="compare_runs").value == [a, b]
+    figures = charts_by_key(at)
+    assert [t["name"].split()[0] for t in figures["compare_test_roc_auc"]["data"]] == [
+        f"#{a}",
+        f"#{b}",
+    ]
+    assert "compare_lr" not in figures  # per-step metrics are off by default
+    assert "compare_parallel" in figures
+    dims = figures["compare_parallel"]["data"][0]["dimensions"]
+    assert [d["label"] for d in dims] == ["lr", "epochs", "roc_auc"]
+    summary = [d.value for d in at.dataframe if "best" in d.value.columns][0]
+    assert list(summary["id"]) == [a, b]
+    config = [d.value for d in at.dataframe if "key" in d.value.columns][0]
+    assert sorted(config["key"]) == ["epochs", "lr"]  # differences only
+    at.toggle(key="compare_diff").set_value(False).run()
+    config = [d.value for d in at.dataframe if "key" in d.value.columns][0]
+    assert "batch_size" in list(config["key"])
+    at.radio(key="compare_x").set_value("step").run()
+    assert charts_by_key(at)["compare_test_roc_auc"]["data"][0]["x"] == [4, 8, 12]
+    at.multiselect(key="compare_runs").set_value([a, b, c]).run()
+    assert at.query_params["runs"] == f"{a},{b},{c}"
+
+
+def test_compare_page_needs_two_runs(home, db, dataset):
+    seed_run(db, dataset)
+    at = open_page("compare")
+    assert any("two or more runs" in i.value for i in at.info)
+
+
+# -- datasets --------------------------------------------------------------------------------
+
+
+def test_datasets_page_registers_and_shows_a_dataset(home, db):
+    root = write_digits_imagefolder(home / "data" / "three", per_class=5, classes=range(3))
+    at = open_page("datasets")
+    at.text_input(key="ds_path").set_value(str(root))
+    at.text_input(key="ds_name").set_value("three")
+    at.button(key="FormSubmitter:register_dataset-Register").click().run()
+    assert not at.exception
+    found = store.get_dataset(db, "three")
+    assert found and (found["task"], found["format"]) == ("classification", "imagefolder")
+    assert found["info"]["classes"] == ["0", "1", "2"]
+    assert any("Registered **three**" in s.value for s in at.success)
+    assert "ds_distribution" in charts_by_key(at)
+    bars = charts_by_key(at)["ds_distribution"]["data"]
+    assert sum(sum(t["y"]) for t in bars) == 15
+    captions = at.image[0].captions
+    assert len(captions) == 12 and set(captions) == {"0", "1", "2"}
+    assert any("No problems found" in s.value for s in at.success)
+
+
+def test_datasets_page_reports_a_bad_dataset(home, db):
+    at = open_page("datasets")
+    at.text_input(key="ds_path").set_value(str(home / "nowhere"))
+    at.button(key="FormSubmitter:register_dataset-Register").click().run()
+    assert store.list_datasets(db) == []
+    assert any("does not exist" in e.value for e in at.error)
+
+
+def test_datasets_page_shows_detection_boxes(home, db):
+    from factories import write_detection_set
+
+    root = write_detection_set(home / "data" / "det", "coco")
+    at = open_page("datasets")
+    at.text_input(key="ds_path").set_value(str(root))
+    at.button(key="FormSubmitter:register_dataset-Register").click().run()
+    found = store.get_dataset(db, "det")
+    assert found and (found["task"], found["format"]) == ("detection", "coco")
+    assert "ds_boxes" in charts_by_key(at)
+    captions = at.image[0].captions
+    assert captions and all("box(es)" in c for c in captions)
+
+
+def test_datasets_page_lists_the_problems_found(home, db):
+    root = write_digits_imagefolder(home / "data" / "bad", per_class=5, classes=range(2))
+    (root / "0" / "broken.png").write_bytes(b"not an image")
+    at = open_page("datasets")
+    at.text_input(key="ds_path").set_value(str(root))
+    at.button(key="FormSubmitter:register_dataset-Register").click().run()
+    assert store.get_dataset(db, "bad")
+    assert any("problem(s) found" in w.value for w in at.warning)
+    problems = [d.value for d in at.dataframe if "message" in d.value.columns][0]
+    assert any("broken.png" in f for f in problems["file"])
