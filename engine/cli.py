@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import signal
@@ -119,12 +120,10 @@ def cmd_train(args) -> int:
 
 
 def _user() -> str:
-    return (
-        os.environ.get("VISIONBOARD_USER")
-        or os.environ.get("USER")
-        or os.environ.get("USERNAME")
-        or ""
-    )
+    try:
+        return os.environ.get("VISIONBOARD_USER") or getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (some containers)
+        return ""
 
 
 def follow(db, run_id: int, home: Path) -> int:
@@ -299,13 +298,20 @@ def cmd_datasets(args) -> int:
         print(f"{info['path']}: {info.get('task')}, format {info.get('format')}")
         if info.get("error"):
             print(f"  error: {info['error']}")
-        print(f"  images: {info.get('images')}")
+        print(f"  images: {_splits_text(info.get('images'))}")
         for cls, counts in (info.get("images_per_class") or {}).items():
             boxes = (info.get("boxes_per_class") or {}).get(cls)
-            print(f"  {cls}: {counts}" + (f", {boxes} boxes" if boxes is not None else ""))
+            line = f"  class {cls}: images {_splits_text(counts)}"
+            print(line + (f"; boxes {_splits_text(boxes)}" if boxes is not None else ""))
         for p in info.get("problems") or []:
             print(f"  problem: {p['file']}: {p['message']}")
     return 1 if info.get("error") else 0
+
+
+def _splits_text(counts) -> str:
+    if not isinstance(counts, dict):
+        return str(counts)
+    return " / ".join(f"{split} {n}" for split, n in counts.items())
 
 
 def cmd_weights(args) -> int:

@@ -105,15 +105,15 @@ def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "id": run["id"],
-                "name": run["name"],
-                "task": run["task"],
-                "model": run["model"],
-                "dataset": Path(run["dataset"] or "").name or run["dataset"],
                 "status": run["status"],
                 "progress": epoch / epochs if epochs else 0.0,
                 "epoch": f"{epoch} / {epochs}" if epochs else "",
                 "metric": state.metric_label(run),
                 "best": summary.get("best_metric"),
+                "name": run["name"],
+                "task": run["task"],
+                "model": run["model"],
+                "dataset": Path(run["dataset"] or "").name or run["dataset"],
                 "user": run["user"],
                 "created": state.format_time(run["created_at"]),
                 "duration": state.format_duration(state.duration_seconds(run)),
@@ -171,7 +171,7 @@ def draw_table(filters: dict[str, Any]) -> None:
         selection_mode="multi-row",
         hide_index=True,
         column_config=COLUMNS,
-        height=min(600, 35 * len(runs) + 40),
+        height=min(600, 35 * len(runs) + 42),
     )
     # A new selection changes the actions below, outside this fragment: redraw the page.
     picked = tuple(selected_ids())
