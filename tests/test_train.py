@@ -210,3 +210,18 @@ def test_bad_dataset_fails_before_training_with_a_clear_error(home, tmp_path):
     run = store.get_run(store.connect(home), 1)
     assert run["status"] == "failed"
     assert "class" in run["error"] and run["summary"]["stop_reason"] == "failed"
+
+
+def test_early_stopping_keeps_the_best_epoch(home, digits):
+    # An improvement of 0.9 in accuracy is out of reach: epoch 1 stays the best, and with a
+    # patience of 1 the run stops after epoch 2 instead of running to the limit of 6.
+    result = train(
+        home, digits, "epochs=6", "early_stopping_patience=1", "early_stopping_delta=0.9"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = store.get_run(store.connect(home), 1)
+    summary = run["summary"]
+    assert summary["stop_reason"] == "early stop"
+    assert (summary["epochs_trained"], summary["best_epoch"]) == (2, 1)
+    card = json.loads((home / "1" / "model.json").read_text())
+    assert card["best_epoch"] == 1  # the kept model is the best epoch's, not the last

@@ -1,5 +1,6 @@
 import os
 import socket
+from types import SimpleNamespace
 
 from engine import store
 from engine.worker import Worker, launch_command
@@ -62,3 +63,28 @@ def test_cuda_run_on_a_machine_without_gpu_fails_with_reason(db, home):
     worker.run()
     run = store.get_run(db, run_id)
     assert run["status"] == "failed" and "no GPU" in run["error"]
+
+
+def test_gpu_runs_share_the_machine_when_they_fit(db, home, monkeypatch):
+    launched = []
+
+    def fake_launch(self, run, gpus):
+        launched.append((run["id"], gpus))
+        self.jobs[run["id"]] = SimpleNamespace(gpus=gpus)
+
+    monkeypatch.setattr(Worker, "launch", fake_launch)
+    base = {"task": "classification", "model": "m", "dataset": "d"}
+    one = store.create_run(db, {**base, "num_processes": 1})
+    two = store.create_run(db, {**base, "num_processes": 2})
+    three = store.create_run(db, {**base, "num_processes": 1})
+    worker = Worker(home)
+    worker.gpus = [0, 1, 2]
+    assert worker.start_next() and worker.start_next()
+    assert launched == [(one, [0]), (two, [1, 2])]
+    assert not worker.start_next()  # no GPU free: run 3 waits in the queue
+    assert store.get_run(db, three)["status"] == "queued"
+    too_big = store.create_run(db, {**base, "num_processes": 8})
+    worker.jobs.clear()
+    store.request_cancel(db, three)
+    assert not worker.start_next()
+    assert "needs 8 GPUs" in store.get_run(db, too_big)["error"]
