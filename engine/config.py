@@ -117,7 +117,8 @@ class RunConfig:
         "Model",
         "How many backbone stages, counted from the output end, are fine-tuned; the rest stay "
         "frozen and the head always trains. More layers can fit a big dataset better but overfit "
-        "a small one. Empty = the model's default (all for timm models, 3 for Faster R-CNN).",
+        "a small one. Empty = the model's default: every stage for timm models; for Faster "
+        "R-CNN 3 of the 5 backbone layers when pretrained, all 5 from scratch.",
         minimum=0,
     )
     image_size: int | None = _key(
@@ -132,7 +133,7 @@ class RunConfig:
         800,
         "Model",
         "Detection only: the shorter image side after resizing (torchvision's min_size). Lower it "
-        "(e.g. 512) to train faster on small objects-free images.",
+        "(e.g. 512) to train faster when the objects are large.",
         minimum=32,
         maximum=2048,
     )
