@@ -90,7 +90,12 @@ def cmd_train(args) -> int:
         run = store.get_run(db, args.resume)
         if run is None:
             return _fail(f"run {args.resume} not found")
-        if run["status"] in ("running", "queued"):
+        if args.config or args.set:
+            return _fail(
+                "--resume continues a run with its own config; drop the config file and --set "
+                "(to change it, start a new run)"
+            )
+        if run["status"] in ("running", "queued", "completed"):
             return _fail(
                 f"run {args.resume} is {run['status']}: only a failed or cancelled run resumes"
             )
@@ -105,6 +110,12 @@ def cmd_train(args) -> int:
         except ConfigError as exc:
             return _fail(str(exc))
         from engine.sample import ensure_samples
+        from engine.weights import model_family
+
+        try:
+            model_family(cfg.model_name)  # an unknown name fails here, not in the trainer
+        except ValueError as exc:
+            return _fail(f"model: {exc}")
 
         ensure_samples(db, args.home)  # so `dataset = "digits"` works on a fresh install
         path = store.resolve_dataset(db, cfg.dataset)
@@ -132,13 +143,16 @@ def follow(db, run_id: int, home: Path) -> int:
 
     from engine.worker import Worker, worker_running
 
-    thread = None
+    worker = thread = None
     if not worker_running(home):
         worker = Worker(home, only_run=run_id)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
     bar = tqdm(total=None, unit="step", dynamic_ncols=True)
     cancelling = False
+    # A closed terminal or `kill` must cancel the run like Ctrl-C, not orphan its trainer.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
     try:
         while True:
             try:
@@ -162,10 +176,16 @@ def follow(db, run_id: int, home: Path) -> int:
                 time.sleep(1)
             except KeyboardInterrupt:
                 if cancelling:
-                    raise
+                    if thread is not None:  # our worker's trainer must not outlive us
+                        bar.write("stopping the trainer now")
+                        worker.stop_event.set()
+                        thread.join(timeout=30)
+                    break
                 cancelling = True
                 store.request_cancel(db, run_id)
-                bar.write("cancelling (Ctrl-C again to leave; the run stops at its next step)")
+                bar.write(
+                    "cancelling (Ctrl-C again to stop at once; the run stops at its next step)"
+                )
     finally:
         bar.close()
     if thread is not None:

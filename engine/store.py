@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 from collections.abc import Iterable
@@ -106,7 +107,19 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_m001_initial]
+def _m002_run_ids_never_reused(db: sqlite_utils.Database) -> None:
+    """AUTOINCREMENT: a deleted run's id is never given to a new run (scripts hold ids)."""
+    sql = db.execute("select sql from sqlite_master where name = 'runs'").fetchone()[0]
+    sql = re.sub(r'CREATE TABLE ["\[]?runs["\]]?', "CREATE TABLE runs_new", sql, count=1)
+    sql = re.sub(r'(["\[]?id["\]]? INTEGER PRIMARY KEY)', r"\1 AUTOINCREMENT", sql, count=1)
+    db.execute(sql)
+    db.execute("insert into runs_new select * from runs")
+    db.execute("drop table runs")
+    db.execute("alter table runs_new rename to runs")
+    db["runs"].create_index(["status"], if_not_exists=True)
+
+
+MIGRATIONS = [_m001_initial, _m002_run_ids_never_reused]
 
 
 def migrate(db: sqlite_utils.Database) -> None:

@@ -148,7 +148,7 @@ class Trainer:
             dataset_path, cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed
         )
         for problem in self.splits.problems:
-            self.log(f"skipped {problem['file']}: {problem['message']}")
+            self.log(f"dataset problem: {problem['file']}: {problem['message']}")
         self.classes = self.splits.classes
         self.log(
             f"dataset {dataset_path}: {self.splits.format}, {len(self.classes)} classes, "

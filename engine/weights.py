@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,6 +29,11 @@ STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 WEIGHT_SOURCES = {"efficientnet_b7": "tf_efficientnet_b7.ns_jft_in1k"}
 # Checkpoint wrappers seen in the wild: {"state_dict": ...} (Lightning, timm train), {"model": ...}.
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+# `weights pull` first checks that the download host answers: offline, huggingface_hub would
+# otherwise retry for about a minute before giving up.
+REACH_TIMEOUT_SECONDS = 5.0
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                   "all_proxy")  # fmt: skip
 
 
 class WeightsUnavailable(RuntimeError):
@@ -397,7 +403,9 @@ def pull_weights(model: str) -> str:
     family = model_family(model)
     try:
         if family == "torchvision":
-            _torchvision_weights(model).get_state_dict(progress=True)
+            weights_enum = _torchvision_weights(model)
+            check_reachable(weights_enum.url, model)
+            weights_enum.get_state_dict(progress=True)
         else:
             import timm
 
@@ -408,6 +416,8 @@ def pull_weights(model: str) -> str:
                     "(timm.list_pretrained()) or import a file with "
                     f"`visionboard weights import {model} FILE`"
                 )
+            hub = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+            check_reachable(hub if cfg.hf_hub_id else cfg.url, model)
             timm.create_model(WEIGHT_SOURCES.get(model, model), pretrained=True)
     except WeightsUnavailable:
         raise
@@ -426,3 +436,25 @@ def pull_weights(model: str) -> str:
             f"downloaded weights for {model} but cannot find them in the cache"
         )
     return str(path)
+
+
+def check_reachable(url: str, model: str, timeout: float = REACH_TIMEOUT_SECONDS) -> None:
+    """Raise WeightsUnavailable in seconds when `url`'s host does not answer (no DNS, no route),
+    instead of leaving the download library to retry for a minute. Behind a proxy the proxy
+    knows the way, so nothing is checked."""
+    if any(os.environ.get(k) for k in PROXY_VARIABLES):
+        return
+    parsed = urlparse(url)
+    host = parsed.hostname
+    if not host:
+        return
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise WeightsUnavailable(
+            f"cannot reach {host} to download weights for {model} ({exc}): this machine looks "
+            "offline. Download the file on a machine with internet and run "
+            f"`visionboard weights import {model} FILE` here."
+        ) from None

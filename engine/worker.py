@@ -272,9 +272,12 @@ class Worker:
                 kill_group(job.process, signal.SIGKILL)
                 job.process.wait()
             job.log.close()
-            store.set_status(
-                self.db, run_id, "failed", error="the worker was stopped; resume it to continue"
-            )
+            if store.cancel_requested(self.db, run_id):
+                store.set_status(self.db, run_id, "cancelled")
+            else:
+                store.set_status(
+                    self.db, run_id, "failed", error="the worker was stopped; resume it to continue"
+                )
         self.jobs.clear()
 
 

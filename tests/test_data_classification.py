@@ -120,11 +120,26 @@ def _csv_rows(csv_path):
 
 def test_csv_without_known_columns_names_the_columns_it_found(tmp_path):
     csv_path = write_digits_csv(tmp_path / "ds", per_class=2, classes=range(2))
-    _rewrite_csv(csv_path, ["picture", "kind"], _csv_rows(csv_path))
-    with pytest.raises(DatasetError, match=r"labels\.csv: no image path column.*picture, kind"):
+    rows = _csv_rows(csv_path)
+    _rewrite_csv(csv_path, ["a", "b"], [["x", label] for _, label in rows])
+    with pytest.raises(DatasetError, match=r"labels\.csv: no image path column.*found: a, b\)"):
+        load_splits(csv_path, "classification")
+    # Two columns of image paths: which one is meant cannot be guessed.
+    _rewrite_csv(csv_path, ["picture", "mask", "kind"], [[p, p, label] for p, label in rows])
+    with pytest.raises(DatasetError, match="several columns hold image paths: picture, mask"):
         load_splits(csv_path, "classification")
     splits = load_splits(csv_path, "classification", columns={"path": "picture", "label": "kind"})
     assert len(splits.train) + len(splits.test) == 4
+
+
+def test_csv_columns_with_unusual_names_are_found_by_their_content(tmp_path):
+    # "Image File" holds file names, so it is the path column; "Diagnosis" is all that is left.
+    csv_path = write_digits_csv(tmp_path / "ds", per_class=3, classes=range(2))
+    _rewrite_csv(csv_path, ["Image File", "Diagnosis"], _csv_rows(csv_path))
+    splits = load_splits(csv_path, "classification")
+    assert splits.classes == ["0", "1"]
+    assert len(splits.train) + len(splits.test) == 6
+    assert inspect_dataset(csv_path.parent)["error"] is None
 
 
 def test_csv_row_naming_a_missing_image_names_the_line(tmp_path):

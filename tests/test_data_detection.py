@@ -282,3 +282,32 @@ def test_detection_dataset_targets_are_one_based_and_collate_keeps_lists(tmp_pat
     assert target["image_id"] == 0
     images, targets = collate_detection([dataset[0], dataset[1]])
     assert isinstance(images, list) and len(images) == 2 and len(targets) == 2
+
+
+def test_broken_coco_or_yolo_file_is_not_read_as_an_image_folder(tmp_path):
+    # images/ alone looks like a one-class image folder; the annotation file says otherwise.
+    coco = write_detection_set(tmp_path / "coco", "coco", n_images=4)
+    (coco / "annotations.json").write_text("[1, 2]")
+    assert detect_format(coco) == "coco"
+    report = inspect_dataset(coco)
+    assert report["error"] == (
+        "annotations.json: expected a JSON object with images, annotations, categories"
+    )
+    yolo = write_detection_set(tmp_path / "yolo", "yolo", n_images=4)
+    (yolo / "data.yaml").write_text("train: images\nval: images\n")
+    assert detect_format(yolo) == "yolo"
+    assert inspect_dataset(yolo)["error"] == "data.yaml: missing 'names' (the class names)"
+
+
+def test_csv_detection_with_a_malformed_first_row_names_that_row(tmp_path):
+    # One bad cell at the top must not turn the set into a classification of JSON strings.
+    root = write_detection_set(tmp_path / "ds", "csv", n_images=4)
+    path = root / "annotations.csv"
+    lines = path.read_text().splitlines()
+    lines[1] = 'images/img000.png,"{""bbox"": [1, 2, 3, 4], ""category"": ""0""}"'
+    path.write_text("\n".join(lines) + "\n")
+    report = inspect_dataset(root)
+    assert report["task"] == "detection"
+    assert report["error"] == (
+        "annotations.csv line 2: column 'annotations' must be a JSON list of boxes"
+    )

@@ -158,3 +158,17 @@ def test_busy_database_waits_instead_of_failing(home):
     store.heartbeat(db, run_id)  # blocks until the other writer commits
     timer.join()
     assert store.get_run(db, run_id)["heartbeat_at"]
+
+
+def test_run_ids_are_never_reused_and_old_databases_migrate(home, monkeypatch):
+    monkeypatch.setattr(store, "MIGRATIONS", store.MIGRATIONS[:1])
+    old = store.connect(home)  # a database made before migration 2
+    first = store.create_run(old, config(), name="kept")
+    second = store.create_run(old, config())
+    old.conn.close()
+    monkeypatch.undo()
+    db = store.connect(home)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store.MIGRATIONS)
+    assert store.get_run(db, first)["name"] == "kept"  # rows survive the migration
+    store.delete_run(db, second)
+    assert store.create_run(db, config()) == second + 1

@@ -185,3 +185,26 @@ def test_efficientnet_b7_weights_come_from_its_tf_twin(home, caches):
     assert "tf_efficientnet_b7" in weights.how_to_get("efficientnet_b7")
     arch = models.ARCH_KWARGS["efficientnet_b7"]
     assert arch == {"bn_eps": 1e-3, "pad_type": "same"}
+
+
+def test_pull_offline_fails_at_once_with_how_to_import(home, caches, monkeypatch):
+    # Offline, huggingface_hub retries for about a minute; the pull must not even start.
+    for key in weights.PROXY_VARIABLES:
+        monkeypatch.delenv(key, raising=False)
+    tried = []
+
+    def no_network(address, timeout=None):
+        tried.append(address)
+        raise OSError("[Errno -2] Name or service not known")
+
+    def download(*args, **kwargs):
+        raise AssertionError("the download started although the host is unreachable")
+
+    monkeypatch.setattr(weights.socket, "create_connection", no_network)
+    monkeypatch.setattr(timm, "create_model", download)
+    with pytest.raises(weights.WeightsUnavailable, match="looks offline") as info:
+        weights.pull_weights("efficientnet_b0")
+    assert "visionboard weights import efficientnet_b0 FILE" in str(info.value)
+    assert tried == [("huggingface.co", 443)]
+    with pytest.raises(weights.WeightsUnavailable, match="cannot reach download.pytorch.org"):
+        weights.pull_weights(DETECTOR)

@@ -14,8 +14,8 @@ from engine.data.errors import DatasetError, Problems
 from engine.data.images import natural_key
 from engine.data.tables import (
     ANNOTATION_COLUMNS,
-    PATH_COLUMNS,
     find_csv_files,
+    find_path_column,
     find_split_column,
     pick_column,
     read_rows,
@@ -46,7 +46,9 @@ def find_annotation_column(header, rows, csv_name: str, explicit: str | None = N
     for column in ordered:
         values = [(row.get(column) or "").strip() for _, row in rows]
         filled = [v for v in values if v]
-        if filled and looks_like_box_list(filled[0]):
+        # any of the first rows: one malformed cell must not hide the column (its reader
+        # then names that line)
+        if any(looks_like_box_list(v) for v in filled[:20]):
             return column
     raise DatasetError(
         f"{csv_name}: no column with JSON box lists like "
@@ -63,7 +65,7 @@ def read_detection_csv(path: Path, problems: Problems, columns: dict | None = No
     for file_split, csv_path in files.items():
         header, rows = read_rows(csv_path)
         name = csv_path.name
-        path_col = pick_column(header, PATH_COLUMNS, "image path", name, columns.get("path"))
+        path_col = find_path_column(header, rows, name, columns.get("path"))
         ann_col = find_annotation_column(header, rows, name, columns.get("annotations"))
         split_col = find_split_column(header) if file_split == "all" else None
         for line, row in rows:

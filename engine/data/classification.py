@@ -4,7 +4,8 @@ Image folder: `train/` plus `val/` (or `valid/`, `validation/`, `test/`) with on
 class in each, or just one folder per class (then the seeded split applies). Images in nested
 folders inside a class folder belong to that class.
 
-CSV: an image path column and a label column, found by their usual names or named with
+CSV: an image path column and a label column, found by their usual names, by their content (the
+one column of image file names; the one column left for the label) or named with
 `columns={"path": ..., "label": ...}`; paths are relative to the CSV's folder. An image the CSV
 names that does not exist is a DatasetError naming the line; a file that exists but cannot be
 decoded is skipped and listed in problems, like in an image folder.
@@ -18,13 +19,12 @@ from pathlib import Path
 from engine.data.errors import DatasetError, Problems
 from engine.data.images import list_images, natural_key
 from engine.data.tables import (
-    LABEL_COLUMNS,
-    PATH_COLUMNS,
     TEST_NAMES,
     TRAIN_NAMES,
     find_csv_files,
+    find_label_column,
+    find_path_column,
     find_split_column,
-    pick_column,
     read_rows,
     resolve_image,
     split_value,
@@ -109,9 +109,11 @@ def read_classification_csv(
     for file_split, csv_path in files.items():
         header, rows = read_rows(csv_path)
         name = csv_path.name
-        path_col = pick_column(header, PATH_COLUMNS, "image path", name, columns.get("path"))
-        label_col = pick_column(header, LABEL_COLUMNS, "label", name, columns.get("label"))
+        path_col = find_path_column(header, rows, name, columns.get("path"))
         split_col = find_split_column(header) if file_split == "all" else None
+        label_col = find_label_column(
+            header, rows, name, columns.get("label"), (path_col, split_col)
+        )
         for line, row in rows:
             where = f"{name} line {line}"
             label = (row.get(label_col) or "").strip()

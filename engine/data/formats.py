@@ -51,12 +51,19 @@ def _coco_candidates(root: Path) -> list[Path]:
     return [p for p in found if not p.name.startswith(".") and _is_coco_json(p)]
 
 
-def _has_class_folders(root: Path) -> bool:
+def _has_class_folders(root: Path, at_least: int = 1) -> bool:
+    found = 0
     for sub in root.iterdir():
         if sub.is_dir() and not sub.name.startswith("."):
             if any(is_image_file(p) for p in sub.rglob("*") if p.is_file()):
-                return True
+                found += 1
+                if found >= at_least:
+                    return True
     return False
+
+
+def _loose_files(root: Path, patterns: tuple[str, ...]) -> list[Path]:
+    return [p for pattern in patterns for p in root.glob(pattern) if not p.name.startswith(".")]
 
 
 def detect_format(path: str | Path) -> str:
@@ -79,6 +86,13 @@ def detect_format(path: str | Path) -> str:
         return "coco"
     if any(not p.name.startswith(".") for p in path.glob("*.csv")):
         return "csv"
+    # A broken annotation file must not make a COCO or YOLO set pass for an image folder with
+    # one class ("images"): name the format it is meant to be, so its reader says what is wrong.
+    if not _has_class_folders(path, at_least=2):
+        if (path / "labels").is_dir() and _loose_files(path, ("*.yaml", "*.yml")):
+            return "yolo"
+        if _loose_files(path, ("*.json", "annotations/*.json")):
+            return "coco"
     if _has_class_folders(path):
         return "imagefolder"
     raise DatasetError(
@@ -100,8 +114,8 @@ def detect_task(path: str | Path, fmt: str) -> str:
             column = find_annotation_column(header, rows[:20], csv_path.name)
         except DatasetError:
             return "classification"
-        first = next((row.get(column) for _, row in rows if (row.get(column) or "").strip()), "")
-        return "detection" if looks_like_box_list(first) else "classification"
+        values = [(row.get(column) or "").strip() for _, row in rows[:20]]
+        return "detection" if any(looks_like_box_list(v) for v in values) else "classification"
     raise DatasetError(f"unknown dataset format {fmt!r}; valid: auto, {', '.join(ALL_FORMATS)}")
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine.data.errors import DatasetError
+from engine.data.images import IMAGE_EXTENSIONS
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "file_path", "image",
                 "image_path", "image_file", "img")  # fmt: skip
@@ -91,6 +92,57 @@ def pick_column(
             return lowered[name]
     raise DatasetError(
         f"{csv_name}: no {what} column; name one of {', '.join(candidates)} "
+        f"(columns found: {', '.join(header) or 'none'})"
+    )
+
+
+def _looks_like_image_paths(rows, column: str) -> bool:
+    values = [(row.get(column) or "").strip() for _, row in rows[:200]]
+    values = [v for v in values if v]
+    return bool(values) and all(Path(v).suffix.lower() in IMAGE_EXTENSIONS for v in values)
+
+
+def find_path_column(
+    header: Sequence[str], rows, csv_name: str, explicit: str | None = None
+) -> str:
+    """The image path column: named, a usual name, else the one column whose values all end in
+    an image extension (so "Image File" or "scan" works without renaming)."""
+    lowered = {h.lower() for h in header}
+    if explicit or any(name in lowered for name in PATH_COLUMNS):
+        return pick_column(header, PATH_COLUMNS, "image path", csv_name, explicit)
+    by_content = [h for h in header if _looks_like_image_paths(rows, h)]
+    if len(by_content) == 1:
+        return by_content[0]
+    found = f"; several columns hold image paths: {', '.join(by_content)}" if by_content else ""
+    raise DatasetError(
+        f"{csv_name}: no image path column; name one of {', '.join(PATH_COLUMNS)}, or put the "
+        f"image paths (ending in .png, .jpg, ...) in one column (columns found: "
+        f"{', '.join(header) or 'none'}{found})"
+    )
+
+
+def _looks_like_json(rows, column: str) -> bool:
+    values = [(row.get(column) or "").strip() for _, row in rows[:20]]
+    return any(v.startswith(("[", "{")) for v in values)
+
+
+def find_label_column(
+    header: Sequence[str],
+    rows,
+    csv_name: str,
+    explicit: str | None = None,
+    taken: Sequence[str | None] = (),
+) -> str:
+    """The label column: named, a usual name, else the only column left once the path and
+    split columns are taken (and not one of JSON cells: that is a detection CSV's)."""
+    lowered = {h.lower() for h in header}
+    if explicit or any(name in lowered for name in LABEL_COLUMNS):
+        return pick_column(header, LABEL_COLUMNS, "label", csv_name, explicit)
+    left = [h for h in header if h not in taken and not _looks_like_json(rows, h)]
+    if len(left) == 1:
+        return left[0]
+    raise DatasetError(
+        f"{csv_name}: no label column; name one of {', '.join(LABEL_COLUMNS)} "
         f"(columns found: {', '.join(header) or 'none'})"
     )
 

@@ -33,8 +33,16 @@ def find_yolo_yaml(path: Path) -> Path | None:
     return None
 
 
+def _any_yaml(path: Path) -> Path | None:
+    """A YAML file without 'names': read, so the error says that 'names' is missing."""
+    if path.is_file():
+        return None
+    found = sorted(p for p in path.glob("*.y*ml") if p.suffix.lower() in (".yaml", ".yml"))
+    return next((p for p in found if p.stem in ("data", "dataset")), found[0] if found else None)
+
+
 def read_yolo(path: Path, problems: Problems, columns: dict | None = None) -> RawDetection:
-    yaml_path = find_yolo_yaml(path)
+    yaml_path = find_yolo_yaml(path) or _any_yaml(path)
     if yaml_path is None:
         raise DatasetError(f"{path}: no data.yaml with 'names' (YOLO needs one)")
     root = yaml_path.parent
