@@ -18,9 +18,22 @@ from dashboard import state  # noqa: E402
 PAGES = Path(__file__).resolve().parent / "pages"
 
 
+RUNS = st.Page(PAGES / "runs.py", title="Runs", icon=":material/list:", url_path="runs")
+
+
+def open_runs() -> None:
+    """The root URL shows the runs table at its own address.
+
+    A default page is served at "/" only, so with Runs as the default, /runs (a bookmark, a
+    link in a message, a reload after switching pages) answered "Page not found".
+    """
+    st.switch_page(RUNS, query_params=st.query_params.to_dict())
+
+
 pages = [
+    st.Page(open_runs, title="Home", url_path="home", default=True, visibility="hidden"),
     st.Page(PAGES / "new_run.py", title="New run", icon=":material/add_circle:"),
-    st.Page(PAGES / "runs.py", title="Runs", icon=":material/list:", default=True),
+    RUNS,
     st.Page(PAGES / "run.py", title="Run", icon=":material/monitoring:"),
     st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page(PAGES / "datasets.py", title="Datasets", icon=":material/folder_open:"),

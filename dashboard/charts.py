@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 
 STEP_METRICS = ("lr", "train_loss_step")
 LOSS_METRICS = ("train_loss", "test_loss")
+NOT_SCORES = ("test_loss", "test_threshold")
 TEMPLATE = "plotly_white"
 HEIGHT = 320
 
@@ -35,6 +36,23 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure
     )
     fig.update_xaxes(title=x_title)
     fig.update_yaxes(title=y_title)
+    return fig
+
+
+def _note_if_empty(fig: go.Figure, text: str) -> go.Figure:
+    """Say why a chart is blank (a bare grid reads as a broken chart)."""
+    if not fig.data:
+        fig.add_annotation(
+            text=text,
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=0.5,
+            showarrow=False,
+            font={"color": "grey"},
+        )
+        fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+        fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     return fig
 
 
@@ -105,6 +123,7 @@ def loss_figure(metrics: Iterable[Mapping[str, Any]], x: str = "epoch") -> go.Fi
                     line={"color": colors[name]},
                 )
             )
+    _note_if_empty(fig, "No loss yet: it appears after the first steps.")
     return _layout(fig, "Loss", x, "loss")
 
 
@@ -123,7 +142,8 @@ def metric_figure(
     chosen = None
     if metric:
         chosen = metric if metric.startswith("test_") else f"test_{metric}"
-    names = sorted(n for n in groups if n.startswith("test_") and n != "test_loss")
+    # test_threshold (detection's best-F1 confidence) is a setting found, not a score.
+    names = sorted(n for n in groups if n.startswith("test_") and n not in NOT_SCORES)
     fig = go.Figure()
     for name in names:
         rows = groups[name]
@@ -139,7 +159,8 @@ def metric_figure(
                 opacity=1.0 if main or chosen is None else 0.6,
             )
         )
-    if best_epoch and x == "epoch":
+    _note_if_empty(fig, "No test metrics yet: they appear at the end of the first epoch.")
+    if best_epoch and x == "epoch" and fig.data:
         fig.add_vline(x=best_epoch, line_dash="dash", line_color="grey", annotation_text="best")
     title = f"Test metrics ({chosen.removeprefix('test_')} in bold)" if chosen else "Test metrics"
     return _layout(fig, title, x, "value")
@@ -177,6 +198,7 @@ def lr_figure(
                 annotation_text="warmup",
                 annotation_position="top left",
             )
+    _note_if_empty(fig, "No learning rate logged yet.")
     return _layout(fig, "Learning rate", x, "lr")
 
 
@@ -201,8 +223,11 @@ def compare_figure(
                 y=[r["value"] for r in rows],
                 name=f"#{run['id']} {run.get('name') or ''}".strip(),
                 mode="lines" if per_step else "lines+markers",
+                # plotly hides the legend of a lone trace: then nothing says whose line it is.
+                showlegend=True,
             )
         )
+    _note_if_empty(fig, f"None of these runs logged {metric}.")
     return _layout(fig, metric, x, metric)
 
 
@@ -349,6 +374,32 @@ def pr_curve_figure(curve: Mapping[str, Sequence[float | None]]) -> go.Figure:
     fig.update_layout(hovermode="closest")
     fig.update_xaxes(range=[0, 1])
     fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def topk_figure(probs: Mapping[str, float], k: int) -> go.Figure:
+    """The k most probable classes as horizontal bars, the most probable on top.
+
+    The class axis is categorical: class names such as "3" and "8" would otherwise be placed
+    on a numeric axis, bars at their values and ticks at 2, 4, 6 that name no class.
+    """
+    top = sorted(probs.items(), key=lambda kv: kv[1], reverse=True)[:k]
+    fig = go.Figure(
+        go.Bar(
+            x=[p for _, p in top][::-1],
+            y=[str(c) for c, _ in top][::-1],
+            orientation="h",
+            text=[f"{p:.1%}" for _, p in top][::-1],
+            textposition="auto",
+        )
+    )
+    fig.update_layout(
+        template=TEMPLATE,
+        height=60 + 28 * len(top),
+        margin={"l": 10, "r": 10, "t": 10, "b": 30},
+    )
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", title="probability")
+    fig.update_yaxes(type="category")
     return fig
 
 

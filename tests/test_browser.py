@@ -214,6 +214,11 @@ def test_browser_launch_watch_and_compare(server, tmp_path):
             page.get_by_role("heading", name="Runs").wait_for(timeout=60_000)
             page.locator('[data-testid="stDataFrame"]').wait_for(timeout=30_000)
             screenshot(page, tmp_path, "runs")
+            # The root URL lands on /runs, and /runs itself (a bookmark, a reload) resolves.
+            page.wait_for_url(re.compile(r"/runs$"), timeout=30_000)
+            page.goto(url + "/runs")
+            page.get_by_role("heading", name="Runs").wait_for(timeout=60_000)
+            assert not page.get_by_text("Page not found").count()
             assert not page.locator('[data-testid="stException"]').count()
         finally:
             context.close()

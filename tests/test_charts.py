@@ -62,6 +62,9 @@ def test_metric_figure_highlights_the_chosen_metric_and_marks_the_best_epoch():
     fig = charts.metric_figure(metrics, "roc_auc", best_epoch=2)
     names = [t.name for t in fig.data]
     assert names == ["accuracy", "roc_auc"]  # test_loss belongs to the loss chart
+    # Detection's best-F1 confidence threshold is logged as test_threshold: not a score.
+    detection = rows("test_f1", [0.2, 0.3]) + rows("test_threshold", [0.5, 0.4])
+    assert [t.name for t in charts.metric_figure(detection, "f1").data] == ["f1"]
     assert trace(fig, "roc_auc").line.width > trace(fig, "accuracy").line.width
     assert trace(fig, "accuracy").line.dash == "dot"
     assert any(s.x0 == 2 for s in fig.layout.shapes)
@@ -78,6 +81,23 @@ def test_lr_figure_plots_every_step_and_shades_the_warmup():
     assert not charts.lr_figure(metrics, warmup=False).layout.shapes
 
 
+def test_empty_charts_say_why_they_are_blank():
+    # During the first epoch the metric chart had only step rows: it drew a bare grid.
+    first_steps = rows("train_loss_step", [2.3, 2.2], per_step=True) + rows(
+        "lr", [0.1, 0.2], per_step=True
+    )
+    fig = charts.metric_figure(first_steps, "roc_auc", best_epoch=None)
+    assert not fig.data
+    assert "end of the first epoch" in fig.layout.annotations[0].text
+    assert not charts.metric_figure([], "roc_auc", best_epoch=2).layout.shapes
+    assert "No loss yet" in charts.loss_figure([]).layout.annotations[0].text
+    assert "No learning rate" in charts.lr_figure([]).layout.annotations[0].text
+    compare = charts.compare_figure([{"id": 1, "metrics": first_steps}], "test_map")
+    assert "test_map" in compare.layout.annotations[0].text
+    # A chart with data carries no such note.
+    assert not charts.loss_figure(first_steps).layout.annotations
+
+
 def test_compare_figure_overlays_one_line_per_run():
     runs = [
         {"id": 1, "name": "a", "metrics": rows("test_f1", [0.1, 0.2])},
@@ -86,6 +106,9 @@ def test_compare_figure_overlays_one_line_per_run():
     ]
     fig = charts.compare_figure(runs, "test_f1", x="epoch")
     assert [t.name for t in fig.data] == ["#1 a", "#2 b"]
+    # Only run 3 has test_map: its lone line still names the run in a legend.
+    lone = charts.compare_figure(runs, "test_map")
+    assert [t.name for t in lone.data] == ["#3 c"] and lone.data[0].showlegend is True
     assert list(fig.data[1].y) == [0.3, 0.4, 0.5]
     assert list(fig.data[1].x) == [1, 2, 3]
 
@@ -163,3 +186,11 @@ def test_class_distribution_figure_flat_and_per_split():
     assert [t.name for t in split.data] == ["train", "test"]
     assert list(split.data[1].y) == [1, 2]
     assert split.layout.barmode == "stack"
+
+
+def test_topk_figure_puts_numeric_class_names_on_a_category_axis():
+    probs = {"0": 0.05, "3": 0.7, "8": 0.2, "9": 0.05}
+    fig = charts.topk_figure(probs, k=3)
+    assert fig.layout.yaxis.type == "category"
+    assert list(fig.data[0].y) == ["0", "8", "3"]  # bottom to top: the best on top
+    assert list(fig.data[0].text) == ["5.0%", "20.0%", "70.0%"]

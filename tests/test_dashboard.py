@@ -6,6 +6,7 @@ the worker and trainer would.
 """
 
 import json
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,25 @@ def test_app_opens_on_runs_with_an_empty_database(home):
     assert at.title[0].value == "Runs"
     assert any("No runs yet" in i.value for i in at.info)
     assert at.sidebar.text_input(key="vb_user_name_input").value  # defaults to the OS user
+
+
+def test_every_page_has_its_own_url_the_runs_table_included(home, monkeypatch):
+    # With Runs as the default page it was served at "/" only: /runs said "Page not found".
+    import streamlit as st
+
+    seen = []
+    real = st.navigation
+
+    def spy(pages, **kwargs):
+        seen.extend(pages)
+        return real(pages, **kwargs)
+
+    monkeypatch.setattr(st, "navigation", spy)
+    at = open_page()
+    assert at.title[0].value == "Runs"  # the root URL still opens the runs table
+    visible = {p.title: p.url_path for p in seen if p.visibility == "visible"}
+    assert visible["Runs"] == "runs"
+    assert all(visible.values()), visible
 
 
 def test_app_prepares_the_sample_datasets_once(home, monkeypatch):
@@ -237,6 +257,25 @@ def test_new_run_form_shows_errors_beside_fields_and_queues_nothing(home, db, da
     assert any(
         m.startswith("dataset:") and "does not exist" in m for m in (e.value for e in at.error)
     )
+
+
+def test_new_run_form_reports_out_of_range_numbers_instead_of_dropping_them(home, db, dataset):
+    # With min/max on the widget, the browser kept showing a typed 99999 while the widget held
+    # its last valid value, and that one was queued. The form lets the value through, the
+    # config names the field and its range, and the help says the range up front.
+    at = open_page("new_run")
+    size = at.number_input(key="cfg_image_size")
+    assert size.min is None and size.max is None
+    assert "Allowed: 16…2048." in size.help
+    at.selectbox(key="cfg_dataset_choice").set_value("tiny")
+    at.checkbox(key="cfg_pretrained").uncheck()
+    size.set_value(99999)
+    at.number_input(key="cfg_test_ratio").set_value(0.95)
+    at.button(key="queue_run").click().run()
+    assert store.list_runs(db) == []
+    messages = [e.value for e in at.error]
+    assert "image_size: got 99999, expected a value of at most 2048" in messages
+    assert any(m.startswith("test_ratio:") and "at most 0.9" in m for m in messages)
 
 
 def test_new_run_form_rejects_an_unreadable_dataset(home, db, dataset):
@@ -455,6 +494,50 @@ def test_run_page_shows_progress_charts_config_and_log(home, db, dataset):
     assert any("epoch limit" in c.value for c in at.caption)
 
 
+def test_run_page_labels_elapsed_time_as_such_before_the_first_eta(home, db, dataset):
+    # Until the trainer's first estimate, the "ETA" tile showed the time spent so far.
+    run_id = seed_run(db, dataset, status="running")
+    store.update_summary(db, run_id, eta_seconds=None)
+    at = open_page("run", query={"run": str(run_id)})
+    labels = [m.label for m in at.metric]
+    assert "Elapsed" in labels and "ETA" not in labels
+    store.update_summary(db, run_id, eta_seconds=90)
+    at = open_page("run", query={"run": str(run_id)})
+    assert {m.label: m.value for m in at.metric}["ETA"] == "1m 30s"
+
+
+def test_run_page_lines_up_only_the_actions_that_apply(home, db, dataset):
+    # Fixed slots left a gap where Cancel or Resume did not apply: Re-run floated mid-page.
+    def first_actions(run_id):
+        at = open_page("run", query={"run": str(run_id)})
+        first, second = at.columns[:2]  # the actions row is the page's first row of columns
+        return [b.key for c in (first, second) for b in c.button]
+
+    assert first_actions(seed_run(db, dataset)) == ["run_rerun", "run_edit"]
+    assert first_actions(seed_run(db, dataset, status="running")) == ["run_cancel", "run_rerun"]
+    assert first_actions(seed_run(db, dataset, status="failed")) == ["run_resume", "run_rerun"]
+
+
+def test_run_page_says_why_a_queued_run_waits(home, db, dataset):
+    import os
+    import socket
+    import time
+
+    ahead = seed_run(db, dataset, status="running")
+    run_id = seed_run(db, dataset, status="queued")
+    # No worker.json: nobody will ever start the run, and the page says how to start one.
+    at = open_page("run", query={"run": str(run_id)})
+    assert any("no worker serves this data directory" in w.value for w in at.warning)
+    info = {"id": "w", "pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}
+    (home / "worker.json").write_text(json.dumps(info))
+    at = open_page("run", query={"run": str(run_id)})
+    assert not at.warning
+    assert any("Queued: 1 run(s) running or queued before it" in i.value for i in at.info)
+    store.set_status(db, ahead, "completed")
+    at = open_page("run", query={"run": str(run_id)})
+    assert any("starts it in a moment" in i.value for i in at.info)
+
+
 def test_run_page_failed_run_shows_the_error(home, db, dataset):
     run_id = seed_run(db, dataset, status="failed")
     at = open_page("run", query={"run": str(run_id)})
@@ -613,6 +696,16 @@ def test_compare_page_overlays_runs_and_tables(home, db, dataset):
     assert at.query_params["runs"] == f"{a},{b},{c}"
 
 
+def test_compare_page_warns_when_runs_do_different_tasks(home, db, dataset):
+    a = seed_run(db, dataset)
+    b = seed_run(db, dataset, task="detection", model="fasterrcnn_mobilenet_v3_large_320_fpn")
+    at = open_page("compare", query={"runs": f"{a},{b}"})
+    assert any("different tasks" in i.value for i in at.info)
+    assert "compare_parallel" in charts_by_key(at)
+    at = open_page("compare", query={"runs": f"{a},{a}"})
+    assert not any("different tasks" in i.value for i in at.info)
+
+
 def test_compare_page_needs_two_runs(home, db, dataset):
     seed_run(db, dataset)
     at = open_page("compare")
@@ -639,6 +732,27 @@ def test_datasets_page_registers_and_shows_a_dataset(home, db):
     captions = at.image[0].captions
     assert len(captions) == 12 and set(captions) == {"0", "1", "2"}
     assert any("No problems found" in s.value for s in at.success)
+
+
+def test_datasets_page_keeps_a_taken_name_and_says_auto_for_the_task(home, db):
+    first = write_digits_imagefolder(home / "data" / "a" / "digits", per_class=3, classes=range(2))
+    other = write_digits_imagefolder(home / "data" / "b" / "digits", per_class=3, classes=range(3))
+    at = open_page("datasets")
+    # "detect" read like the detection task; the empty choice means auto-detection.
+    assert at.selectbox(key="ds_task").options[0] == "auto (from the layout)"
+    submit = "FormSubmitter:register_dataset-Register"
+    at.text_input(key="ds_path").set_value(str(first))
+    at.button(key=submit).click().run()
+    assert store.get_dataset(db, "digits")["path"] == str(first)
+    # Same name (the folder's), another folder: refused, the first registration kept.
+    at.text_input(key="ds_path").set_value(str(other))
+    at.button(key=submit).click().run()
+    assert store.get_dataset(db, "digits")["path"] == str(first)
+    assert any("name: 'digits' is already registered" in e.value for e in at.error)
+    # The same folder again re-inspects it, as "Inspect again" does.
+    at.text_input(key="ds_path").set_value(str(first))
+    at.button(key=submit).click().run()
+    assert not at.error
 
 
 def test_datasets_page_reports_a_bad_dataset(home, db):
@@ -673,3 +787,42 @@ def test_datasets_page_lists_the_problems_found(home, db):
     assert any("problem(s) found" in w.value for w in at.warning)
     problems = [d.value for d in at.dataframe if "message" in d.value.columns][0]
     assert any("broken.png" in f for f in problems["file"])
+
+
+# -- try it ----------------------------------------------------------------------------------
+
+
+class FakePredictor:
+    """What the Try-it page uses of engine.predict's predictor, without a model to load."""
+
+    task = "classification"
+    classes = [str(i) for i in range(10)]
+    default_threshold = 0.5
+    card = {"task": "classification", "model": "efficientnet_b0", "metric": "roc_auc"}
+
+    def predict(self, images):
+        probs = {c: 0.01 for c in self.classes} | {"3": 0.81, "8": 0.1}
+        return [{"label": "3", "index": 3, "score": 0.81, "probs": probs} for _ in images]
+
+
+def test_try_it_page_names_classes_and_a_broken_upload(home, db, dataset, monkeypatch):
+    import engine.predict
+
+    run_id = seed_run(db, dataset)
+    (store.run_dir(run_id, home) / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.setattr(engine.predict, "load_predictor", lambda *a, **k: FakePredictor())
+    at = open_page("predict", query={"run": str(run_id)})
+    at.toggle(key="predict_heatmap").set_value(False)
+    digit = BytesIO()
+    Image.new("RGB", (28, 28)).save(digit, format="PNG")
+    uploads = [("seven.png", digit.getvalue(), "image/png"), ("bad.png", b"junk", "image/png")]
+    at.file_uploader(key="predict_upload").set_value(uploads).run()
+    assert not at.exception
+    # The upload is named by its file name, not as <_io.BytesIO object at 0x…>.
+    assert len(at.warning) == 1
+    assert at.warning[0].value.startswith("bad.png: cannot read image")
+    assert "BytesIO" not in at.warning[0].value
+    # Class names "3" and "8" are categories, not positions on a numeric axis.
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert chart["layout"]["yaxis"]["type"] == "category"
+    assert chart["data"][0]["y"][-1] == "3"  # the most probable class on top

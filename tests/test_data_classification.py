@@ -276,3 +276,15 @@ def test_classification_dataset_returns_normalised_tensors(tmp_path):
     assert image.shape == (3, 48, 48) and image.dtype == torch.float32
     assert label == splits.train[0].label
     assert image.min() >= -1.0 and image.max() <= 1.0 and image.min() < -0.9  # black → -1
+
+
+def test_unreadable_upload_is_named_by_its_file_name():
+    import io
+
+    from engine.data import ImageError, read_image
+
+    upload = io.BytesIO(b"junk")
+    upload.name = "holiday.jpg"
+    with pytest.raises(ImageError, match="holiday.jpg: cannot read image") as info:
+        read_image(upload)
+    assert "BytesIO" not in str(info.value)

@@ -105,6 +105,13 @@ if len(ids) < 2:
     st.stop()
 
 runs = [r for r in (store.get_run(db, i) for i in ids) if r is not None]
+tasks = sorted({r["task"] for r in runs})
+if len(tasks) > 1:
+    st.info(
+        f"These runs do different tasks ({' and '.join(tasks)}): metrics with the same name "
+        "(f1, precision, recall) are computed differently, so compare them within a task.",
+        icon=":material/info:",
+    )
 metrics = {run["id"]: store.get_metrics(db, run["id"]) for run in runs}
 series = [{"id": r["id"], "name": r["name"], "metrics": metrics[r["id"]]} for r in runs]
 

@@ -37,9 +37,15 @@ def register(name: str, path: str, task: str | None, fmt: str) -> dict[str, Any]
     info = inspect(str(folder), task, fmt)
     if info.get("error"):
         return info
-    store.register_dataset(
-        state.get_db(), name, info.get("path") or str(folder), info["format"], info["task"], info
-    )
+    taken = {d["name"]: d["path"] for d in store.list_datasets(state.get_db())}
+    new_path = info.get("path") or str(folder)
+    if name in taken and Path(taken[name]).resolve() != Path(new_path).resolve():
+        # Registering is an upsert: it would silently point the name somewhere else.
+        return {
+            "error": f"name: {name!r} is already registered for {taken[name]}; give this "
+            "dataset another name, or remove that one from the list first"
+        }
+    store.register_dataset(state.get_db(), name, new_path, info["format"], info["task"], info)
     state.load_splits.clear()
     return info
 
@@ -58,8 +64,8 @@ def draw_register_form() -> None:
                 "Task",
                 [None, *TASKS],
                 key="ds_task",
-                format_func=lambda t: t or "detect",
-                help="What the dataset is for; detected from the layout when left on detect.",
+                format_func=lambda t: t or "auto (from the layout)",
+                help="What the dataset is for; detected from the layout when left on auto.",
             )
             fmt = cols[1].selectbox("Format", list(DATASET_FORMATS), key="ds_format")
             submitted = st.form_submit_button("Register", type="primary")

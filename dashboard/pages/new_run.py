@@ -79,9 +79,23 @@ def label_of(name: str) -> str:
     return LABELS.get(name) or name.replace("_", " ").capitalize()
 
 
+def allowed_range(info: dict[str, Any]) -> str:
+    """ "16…2048", "at least 0", or "" for fields without bounds."""
+    low, high = info.get("min"), info.get("max")
+    if low is not None and high is not None:
+        return f"{low:g}…{high:g}"
+    if low is not None:
+        return f"at least {low:g}"
+    if high is not None:
+        return f"at most {high:g}"
+    return ""
+
+
 def with_key(info: dict[str, Any]) -> str:
-    """The help text plus the key's name, the word config files and the CLI use."""
-    return f"{info.get('help') or ''}\n\nConfig key: `{info['name']}`."
+    """The help text, the allowed range, and the key's name (the word config files use)."""
+    bounds = allowed_range(info)
+    allowed = f"\n\nAllowed: {bounds}." if bounds else ""
+    return f"{info.get('help') or ''}{allowed}\n\nConfig key: `{info['name']}`."
 
 
 def models_for(task: str) -> list[str]:
@@ -377,6 +391,9 @@ def draw_field(info: dict[str, Any], registered: dict[str, dict]) -> None:
 
 
 def draw_plain_field(info: dict[str, Any], label: str, task: str) -> None:
+    # No min_value/max_value on the number inputs: the browser would keep showing a typed
+    # out-of-range value while the widget silently keeps the last valid one, and that one got
+    # queued. RunConfig.validate reports the range beside the field instead.
     name = info["name"]
     key = KEY + name
     kind, optional = kind_of(info)
@@ -390,8 +407,6 @@ def draw_plain_field(info: dict[str, Any], label: str, task: str) -> None:
             key=key,
             help=help_text,
             step=1,
-            min_value=info.get("min"),
-            max_value=info.get("max"),
             placeholder="model default" if optional else None,
             disabled=disabled,
         )
@@ -401,8 +416,6 @@ def draw_plain_field(info: dict[str, Any], label: str, task: str) -> None:
             key=key,
             help=help_text,
             step=FLOAT_STEPS.get(name, 0.1),
-            min_value=None if info.get("min") is None else float(info["min"]),
-            max_value=None if info.get("max") is None else float(info["max"]),
             format="%g",
             placeholder="default" if optional else None,
         )

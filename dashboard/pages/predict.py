@@ -14,8 +14,8 @@ from typing import Any
 
 import streamlit as st
 
+from dashboard import charts, state
 from dashboard import images as pictures
-from dashboard import state
 
 state.page_setup()
 
@@ -70,8 +70,10 @@ def read_uploads(files) -> list[dict[str, Any]]:
     items = []
     for file in files or []:
         item = {"name": file.name, "key": f"upload:{file.file_id}", "image": None, "error": ""}
+        buffer = io.BytesIO(file.getvalue())
+        buffer.name = file.name  # so an error names the upload
         try:
-            item["image"] = read_image(io.BytesIO(file.getvalue()))
+            item["image"] = read_image(buffer)
         except ImageError as exc:
             item["error"] = exc.reason
         items.append(item)
@@ -145,27 +147,6 @@ def keep_boxes(result: dict, threshold: float) -> dict:
 # -- drawing ----------------------------------------------------------------------------------
 
 
-def topk_figure(probs: dict[str, float], k: int):
-    import plotly.graph_objects as go
-
-    top = sorted(probs.items(), key=lambda kv: kv[1], reverse=True)[:k]
-    fig = go.Figure(
-        go.Bar(
-            x=[p for _, p in top][::-1],
-            y=[c for c, _ in top][::-1],
-            orientation="h",
-            text=[f"{p:.1%}" for _, p in top][::-1],
-            textposition="auto",
-        )
-    )
-    fig.update_layout(
-        height=60 + 28 * len(top),
-        margin={"l": 10, "r": 10, "t": 10, "b": 30},
-        xaxis={"range": [0, 1], "tickformat": ".0%", "title": "probability"},
-    )
-    return fig
-
-
 def draw_classification(predictor, item, result, model_key: str, k: int, heatmap: bool) -> None:
     cols = st.columns([1, 1, 2] if heatmap else [1, 2])
     cols[0].image(pictures.upscale(item["image"]), caption="image", width="stretch")
@@ -176,7 +157,7 @@ def draw_classification(predictor, item, result, model_key: str, k: int, heatmap
             caption=f"where it looked for {result['label']}",
             width="stretch",
         )
-    cols[-1].plotly_chart(topk_figure(result["probs"], k), key=f"topk_{item['key']}")
+    cols[-1].plotly_chart(charts.topk_figure(result["probs"], k), key=f"topk_{item['key']}")
 
 
 def draw_detection(predictor, item, result, threshold: float) -> None:

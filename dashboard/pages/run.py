@@ -106,12 +106,12 @@ def draw_progress(run: dict[str, Any]) -> None:
         help="Early stopping ends the run when this reaches the patience.",
     )
     eta = summary.get("eta_seconds")
-    cols[3].metric(
-        "ETA" if run["status"] == "running" else "Duration",
-        state.format_duration(eta)
-        if run["status"] == "running" and eta is not None
-        else state.format_duration(state.duration_seconds(run)) or "—",
-    )
+    elapsed = state.format_duration(state.duration_seconds(run)) or "—"
+    if run["status"] == "running" and eta is not None:
+        cols[3].metric("ETA", state.format_duration(eta), help=f"Running for {elapsed}.")
+    else:
+        # Before the trainer's first estimate, the time so far: labelled as such, not as ETA.
+        cols[3].metric("Elapsed" if run["status"] == "running" else "Duration", elapsed)
     speed = summary.get("images_per_second")
     cols[4].metric("Images / s", "—" if speed is None else f"{speed:.1f}")
     if run.get("cancel_requested") and run["status"] == "running":
@@ -126,6 +126,9 @@ def draw_progress(run: dict[str, Any]) -> None:
 def draw_charts(run: dict[str, Any]) -> None:
     db = state.get_db()
     rows = store.get_metrics(db, run["id"])
+    if not rows and run["status"] == "queued":
+        draw_queue_position(run)
+        return
     if not rows:
         st.info("No metrics yet: they appear after the first steps.")
         return
@@ -146,6 +149,33 @@ def draw_charts(run: dict[str, Any]) -> None:
     )
     with right:
         draw_log(run, expanded=False)
+
+
+def draw_queue_position(run: dict[str, Any]) -> None:
+    """A queued run waits for a worker: say whether one is there and what is ahead."""
+    from engine.worker import worker_running
+
+    if not worker_running(state.home()):
+        st.warning(
+            "Queued, but no worker serves this data directory, so nothing will start it. "
+            f"Start one with `visionboard worker --home {state.home()}` (or `visionboard "
+            "serve`, which runs the dashboard and a worker together).",
+            icon=":material/warning:",
+        )
+        return
+    ahead = (
+        state.get_db()
+        .execute(
+            "select count(*) from runs where status = 'running' or (status = 'queued' and id < ?)",
+            [run["id"]],
+        )
+        .fetchone()[0]
+    )
+    st.info(
+        f"Queued: {ahead} run(s) running or queued before it. It starts when a worker is free."
+        if ahead
+        else "Queued: the worker starts it in a moment."
+    )
 
 
 def draw_log(run: dict[str, Any], expanded: bool) -> None:
@@ -399,9 +429,13 @@ st.caption(
     f"{run['user'] or 'anonymous'} on {state.format_time(run['created_at'])}"
     + (f" · tags: {', '.join(run['tags'])}" if run["tags"] else "")
 )
-actions = st.columns([1, 1, 1, 1, 3])
-if run["status"] in ACTIVE:
-    actions[0].button(
+# Only the actions that apply, left-aligned (fixed slots left gaps where one did not apply).
+shown = ["cancel"] if run["status"] in ACTIVE else []
+shown += ["resume"] if run["status"] in ("failed", "cancelled") else []
+shown += ["rerun", "edit"]
+slots = dict(zip(shown, st.columns([1] * len(shown) + [6 - len(shown)])))
+if "cancel" in slots:
+    slots["cancel"].button(
         "Cancel",
         key="run_cancel",
         on_click=cancel,
@@ -409,22 +443,22 @@ if run["status"] in ACTIVE:
         disabled=bool(run.get("cancel_requested")),
         help="Stops the run cleanly at the next step; the best weights so far are kept.",
     )
-if run["status"] in ("failed", "cancelled"):
-    actions[1].button(
+if "resume" in slots:
+    slots["resume"].button(
         "Resume",
         key="run_resume",
         on_click=resume,
         args=(run_id,),
         help="Queue it again; it continues from its last finished epoch.",
     )
-actions[2].button(
+slots["rerun"].button(
     "Re-run",
     key="run_rerun",
     on_click=rerun,
     args=(run_id,),
     help="Queue a new run with the same config.",
 )
-if actions[3].button("Edit and re-run", key="run_edit"):
+if slots["edit"].button("Edit and re-run", key="run_edit"):
     st.switch_page("pages/new_run.py", query_params={"from": run_id})
 st.segmented_control(
     "x axis",

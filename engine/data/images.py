@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.data.errors import ImageError
 
@@ -68,16 +68,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """The image at `path` in RGB with its EXIF orientation applied; ImageError if unreadable."""
+    """The image at `path` (or an open file) in RGB with its EXIF orientation applied;
+    ImageError naming the file if unreadable."""
+    name = getattr(path, "name", path)  # an upload: its file name, not the object's repr
     try:
         with Image.open(path) as img:
             img.load()
             oriented = ImageOps.exif_transpose(img)
             return to_rgb(oriented if oriented is not None else img)
     except FileNotFoundError as exc:
-        raise ImageError(path, "file not found") from exc
+        raise ImageError(name, "file not found") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(
+            name, "cannot read image (not an image, or a format Pillow cannot read)"
+        ) from exc
     except _READ_ERRORS as exc:
-        raise ImageError(path, f"cannot read image ({exc})") from exc
+        raise ImageError(name, f"cannot read image ({exc})") from exc
 
 
 def probe_image(path: str | Path) -> tuple[int, int]:
