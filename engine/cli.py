@@ -48,7 +48,7 @@ def cmd_serve(args) -> int:
     print(
         f"VisionBoard: http://{args.host}:{args.port}  (data in {home}; Ctrl-C stops)", flush=True
     )
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops both, like Ctrl-C
     try:
         while worker.poll() is None and app.poll() is None:
             time.sleep(0.5)
