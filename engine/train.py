@@ -168,6 +168,7 @@ class Trainer:
         self.schedule = create_schedule(cfg, self.optimizer, len(self.train_loader))
         procs = self.accelerator.num_processes
         self.summary(
+            stop_reason=None,  # a resumed run's earlier ending no longer holds
             metric=cfg.metric_name,
             classes=self.classes,
             train_images=len(self.splits.train),

@@ -24,6 +24,15 @@ from engine import store
 POLL_SECONDS = 1.0
 CANCEL_GRACE_SECONDS = 60.0  # a cancelled trainer stops at its next step; then it is killed
 RECOVER_SECONDS = 30.0  # how often other workers' runs are checked for a pulse
+# A trainer whose worker died keeps training and beating: give it time to finish on its own.
+ORPHAN_GRACE_SECONDS = 120.0
+# The trainer's stop_reason → the status the worker records when it never saw the exit.
+ENDINGS = {
+    "epoch limit": "completed",
+    "early stop": "completed",
+    "cancelled": "cancelled",
+    "failed": "failed",
+}
 STALE_SECONDS = float(os.environ.get("VISIONBOARD_STALE_SECONDS", 300))
 
 
@@ -239,26 +248,39 @@ class Worker:
 
     # -- recovery ---------------------------------------------------------------------
     def recover(self) -> None:
-        """Mark runs that nobody trains any more as failed (they can be resumed)."""
+        """Settle runs that no live worker watches: a trainer that finished on its own gets
+        its ending recorded; one that stopped beating is marked failed (it can be resumed)."""
         host = socket.gethostname()
         now = datetime.now(UTC)
         for run in store.list_runs(self.db, status="running"):
             owner = run.get("worker") or ""
-            owner_host, _, owner_pid = owner.rpartition(":")
             if owner == self.id:
                 continue
-            reason = None
-            if owner_host == host and owner_pid.isdigit() and not pid_alive(int(owner_pid)):
-                reason = f"the worker that ran it ({owner}) stopped"
-            else:
-                beat = run.get("heartbeat_at") or run.get("started_at")
-                age = (now - datetime.fromisoformat(beat)).total_seconds() if beat else 1e9
-                if age > STALE_SECONDS:
-                    reason = f"no heartbeat for {age:.0f} s"
-            if reason:
-                store.set_status(
-                    self.db, run["id"], "failed", error=reason + "; resume it to continue"
+            owner_host, _, owner_pid = owner.rpartition(":")
+            owner_dead = (
+                owner_host == host and owner_pid.isdigit() and not pid_alive(int(owner_pid))
+            )
+            beat = run.get("heartbeat_at") or run.get("started_at")
+            age = (now - datetime.fromisoformat(beat)).total_seconds() if beat else 1e9
+            ended = ENDINGS.get(run["summary"].get("stop_reason"))
+            if ended and (owner_dead or age > STALE_SECONDS):
+                error_file = self.home / str(run["id"]) / "error.txt"
+                error = (
+                    error_file.read_text().strip()
+                    if ended == "failed" and error_file.exists()
+                    else None
                 )
+                store.set_status(self.db, run["id"], ended, error=error)
+            elif owner_dead and age > ORPHAN_GRACE_SECONDS:
+                store.set_status(
+                    self.db, run["id"], "failed",
+                    error=f"the worker that ran it ({owner}) stopped; resume it to continue",
+                )  # fmt: skip
+            elif age > STALE_SECONDS:
+                store.set_status(
+                    self.db, run["id"], "failed",
+                    error=f"no heartbeat for {age:.0f} s; resume it to continue",
+                )  # fmt: skip
 
     def shutdown(self) -> None:
         """Stopping the worker cancels what it runs, so no run is left 'running'."""

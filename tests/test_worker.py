@@ -36,22 +36,36 @@ def test_gpus_are_handed_to_the_run(home):
     assert resumed[-1] == "--resume"
 
 
-def test_recover_marks_orphaned_runs_failed(db, home):
-    dead = store.create_run(db, {"task": "classification", "model": "m", "dataset": "d"})
-    stale = store.create_run(db, {"task": "classification", "model": "m", "dataset": "d"})
-    alive = store.create_run(db, {"task": "classification", "model": "m", "dataset": "d"})
-    store.claim_run(db, f"{socket.gethostname()}:999999", run_id=dead)
-    store.claim_run(db, "elsewhere:1", run_id=stale)
-    store.claim_run(db, f"{socket.gethostname()}:{os.getpid()}", run_id=alive)
-    db.conn.execute(
-        "update runs set heartbeat_at = '2000-01-01T00:00:00+00:00' where id = ?", [stale]
-    )
-    db.conn.commit()
+def test_recover_settles_runs_no_live_worker_watches(db, home):
+    base = {"task": "classification", "model": "m", "dataset": "d"}
+    dead_worker = f"{socket.gethostname()}:999999"
+    old_beat = "2000-01-01T00:00:00+00:00"
+
+    def running(owner, beat=None, **summary):
+        run_id = store.create_run(db, base)
+        store.claim_run(db, owner, run_id=run_id)
+        if summary:
+            store.update_summary(db, run_id, **summary)
+        if beat:
+            db.conn.execute("update runs set heartbeat_at = ? where id = ?", [beat, run_id])
+            db.conn.commit()
+        return run_id
+
+    silent = running(dead_worker, beat=old_beat)
+    stale = running("elsewhere:1", beat=old_beat)
+    mine = running(f"{socket.gethostname()}:{os.getpid()}")
+    orphan_training = running(dead_worker)  # its trainer still beats: let it finish
+    orphan_done = running(dead_worker, stop_reason="early stop")
+    orphan_cancelled = running(dead_worker, stop_reason="cancelled")
     Worker(home).recover()
-    assert store.get_run(db, dead)["status"] == "failed"
-    assert "stopped" in store.get_run(db, dead)["error"]
+    status = {i: store.get_run(db, i)["status"] for i in range(1, orphan_cancelled + 1)}
+    assert status[silent] == "failed"
+    assert "stopped; resume it" in store.get_run(db, silent)["error"]
+    assert status[stale] == "failed"
     assert "no heartbeat" in store.get_run(db, stale)["error"]
-    assert store.get_run(db, alive)["status"] == "running"
+    assert status[mine] == status[orphan_training] == "running"
+    assert status[orphan_done] == "completed"
+    assert status[orphan_cancelled] == "cancelled"
 
 
 def test_cuda_run_on_a_machine_without_gpu_fails_with_reason(db, home):
