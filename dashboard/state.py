@@ -216,23 +216,9 @@ def metric_label(run: dict[str, Any]) -> str:
     return str(summary.get("metric") or config.get("metric") or "")
 
 
-def distinct_values(db, column: str) -> list[str]:
-    """Distinct non-empty values of a runs column (for the filters)."""
-    if column not in ("model", "task", "user", "dataset", "status"):
-        raise ValueError(f"column {column!r}: expected model, task, user, dataset or status")
-    rows = db.execute(
-        f"select distinct {column} from runs where {column} is not null and {column} != '' "
-        f"order by {column}"
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
 def run_choices(db, limit: int = 500) -> dict[int, str]:
     """{id: "#id name (status)"} of the newest runs, for select boxes (no JSON decoding)."""
-    rows = db.execute(
-        "select id, name, status from runs order by id desc limit ?", [limit]
-    ).fetchall()
-    return {r[0]: f"#{r[0]} {r[1]} ({r[2]})" for r in rows}
+    return {i: f"#{i} {name} ({status})" for i, name, status in store.run_labels(db, limit)}
 
 
 def query_run_ids(key: str) -> list[int]:

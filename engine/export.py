@@ -161,24 +161,15 @@ def model_card(predictor: Predictor, fmt: str, path: Path, interface: dict) -> d
     import timm
     import torchvision
 
-    card = predictor.card
     out = {
+        **predictor.card,  # the run's model card, and what this file adds to it
         "format": fmt,
         "file": path.name,
         "run_id": predictor.run_id,
         "task": predictor.task,
-        "model": card.get("model"),
         "classes": predictor.classes,
         "num_classes": len(predictor.classes),
         **interface,
-        "image_size": card.get("image_size"),
-        "mean": card.get("mean"),
-        "std": card.get("std"),
-        "threshold": card.get("threshold"),
-        "metric": card.get("metric"),
-        "best_epoch": card.get("best_epoch"),
-        "metrics": card.get("metrics", {}),
-        "config": card.get("config", {}),
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {
             "torch": torch.__version__,

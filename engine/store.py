@@ -220,6 +220,37 @@ def list_runs(
     return [_decode(r) for r in db.query(sql, args)]
 
 
+def count_runs(db, status: str | Iterable[str] | None = None) -> int:
+    statuses = [status] if isinstance(status, str) else list(status or [])
+    sql = "select count(*) from runs"
+    if statuses:
+        sql += f" where status in ({','.join('?' * len(statuses))})"
+    return db.execute(sql, statuses).fetchone()[0]
+
+
+def runs_ahead(db, run_id: int) -> int:
+    """Runs that go before a queued run: those running and those queued earlier."""
+    sql = "select count(*) from runs where status = 'running' or (status = 'queued' and id < ?)"
+    return db.execute(sql, [run_id]).fetchone()[0]
+
+
+def run_labels(db, limit: int = 500) -> list[tuple[int, str, str]]:
+    """(id, name, status) of the newest runs, without decoding their JSON columns."""
+    sql = "select id, name, status from runs order by id desc limit ?"
+    return [tuple(r) for r in db.execute(sql, [limit]).fetchall()]
+
+
+FILTER_COLUMNS = ("model", "task", "user", "dataset", "status")
+
+
+def distinct_values(db, column: str) -> list[str]:
+    """Distinct non-empty values of a runs column (for filters)."""
+    if column not in FILTER_COLUMNS:
+        raise ValueError(f"column {column!r}: expected one of {', '.join(FILTER_COLUMNS)}")
+    sql = f"select distinct {column} from runs where {column} is not null and {column} != ''"
+    return [r[0] for r in db.execute(sql + f" order by {column}").fetchall()]
+
+
 def claim_run(db, worker: str, run_id: int | None = None) -> dict[str, Any] | None:
     """Atomically take the oldest queued run (or `run_id`) and mark it running."""
     with db.conn:

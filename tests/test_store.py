@@ -172,3 +172,18 @@ def test_run_ids_are_never_reused_and_old_databases_migrate(home, monkeypatch):
     assert store.get_run(db, first)["name"] == "kept"  # rows survive the migration
     store.delete_run(db, second)
     assert store.create_run(db, config()) == second + 1
+
+
+def test_counts_queue_position_labels_and_filter_values(db):
+    a = store.create_run(db, config(), name="a")
+    b = store.create_run(db, config(model="resnet18"), name="b")
+    c = store.create_run(db, config(), name="c")
+    store.claim_run(db, "w", run_id=a)
+    assert store.count_runs(db) == 3
+    assert store.count_runs(db, ("queued", "running")) == 3
+    assert store.count_runs(db, "running") == 1
+    assert store.runs_ahead(db, c) == 2  # a running, b queued before it
+    assert store.run_labels(db, limit=2) == [(c, "c", "queued"), (b, "b", "queued")]
+    assert store.distinct_values(db, "model") == ["efficientnet_b0", "resnet18"]
+    with pytest.raises(ValueError, match="expected one of model"):
+        store.distinct_values(db, "config; drop table runs")

@@ -163,14 +163,7 @@ def draw_queue_position(run: dict[str, Any]) -> None:
             icon=":material/warning:",
         )
         return
-    ahead = (
-        state.get_db()
-        .execute(
-            "select count(*) from runs where status = 'running' or (status = 'queued' and id < ?)",
-            [run["id"]],
-        )
-        .fetchone()[0]
-    )
+    ahead = store.runs_ahead(state.get_db(), run["id"])
     st.info(
         f"Queued: {ahead} run(s) running or queued before it. It starts when a worker is free."
         if ahead

@@ -142,7 +142,7 @@ def draw_filters(db) -> dict[str, Any]:
     task = cols[1].selectbox(
         "Task", [None, *TASKS], key="runs_task", format_func=lambda t: t or "all"
     )
-    models = state.distinct_values(db, "model")
+    models = store.distinct_values(db, "model")
     model = cols[2].selectbox(
         "Model", [None, *models], key="runs_model", format_func=lambda m: m or "all"
     )
@@ -155,7 +155,7 @@ def draw_filters(db) -> dict[str, Any]:
 def draw_table(filters: dict[str, Any]) -> None:
     db = state.get_db()
     runs = store.list_runs(db, limit=LIMIT, **filters)
-    total = db.execute("select count(*) from runs").fetchone()[0]
+    total = store.count_runs(db)
     st.session_state[SHOWN] = [r["id"] for r in runs]
     if not runs:
         st.info("No runs match." if total else "No runs yet: launch one from the New run page.")
@@ -239,11 +239,7 @@ def draw_details(db, run_id: int) -> None:
 st.title("Runs")
 if FLASH in st.session_state:
     st.success(st.session_state.pop(FLASH))
-active = (
-    state.get_db()
-    .execute("select count(*) from runs where status in ('queued', 'running')")
-    .fetchone()[0]
-)
+active = store.count_runs(state.get_db(), ("queued", "running"))
 filters = draw_filters(state.get_db())
 if st.session_state.get("runs_last_filters") != filters:
     # Row positions of a selection mean nothing in a differently filtered table.
