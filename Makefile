@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 HOST   ?= localhost
 
-.PHONY: serve test lint format bench chromium clean
+.PHONY: serve test lint format config-table bench chromium clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: $(STAMP)
 
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+# README.md's config reference, regenerated from RunConfig.
+config-table: $(STAMP)
+	$(BIN)/python -m engine.config_table --write
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_train.py

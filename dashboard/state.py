@@ -17,10 +17,8 @@ from typing import Any
 import streamlit as st
 
 from engine import store
+from engine.run_folder import RunFolder
 
-# Files a user downloads from a finished run: these, and whatever engine.export wrote.
-RUN_FILES = ("model.safetensors", "model.json")
-EXPORT_DIR = "export"
 USER_KEY = "vb_user_name"
 USER_INPUT_KEY = "vb_user_name_input"
 
@@ -85,10 +83,8 @@ def get_db():
 
 @st.cache_resource(show_spinner="Preparing the sample datasets…")
 def _ensure_samples(home_path: str) -> list[str]:
-    try:
-        from engine.sample import ensure_samples
-    except ImportError:
-        return []
+    from engine.sample_datasets import ensure_samples
+
     return ensure_samples(_connect(home_path), Path(home_path))
 
 
@@ -236,8 +232,9 @@ def query_run_ids(key: str) -> list[int]:
 # -- run folder ---------------------------------------------------------------------------------
 
 
-def run_folder(run_id: int) -> Path:
-    return home() / str(run_id)
+def run_folder(run_id: int) -> RunFolder:
+    """The run's files in the data directory the dashboard serves."""
+    return RunFolder(home(), run_id)
 
 
 def log_tail(path: Path, lines: int = 60, max_bytes: int = 64_000) -> str:
@@ -250,18 +247,6 @@ def log_tail(path: Path, lines: int = 60, max_bytes: int = 64_000) -> str:
         handle.seek(max(0, size - max_bytes))
         text = handle.read().decode("utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:])
-
-
-def export_files(folder: Path) -> list[Path]:
-    """Downloadable files of a run: its weights and model card, then every exported file
-    (engine.export writes <run>/export/model.<ext> and a model.<ext>.json card beside it)."""
-    found = [folder / name for name in RUN_FILES if (folder / name).is_file()]
-    export = folder / EXPORT_DIR
-    if export.is_dir():
-        found += [
-            p for p in sorted(export.iterdir()) if p.is_file() and not p.name.endswith(".partial")
-        ]
-    return found
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -13,8 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-from engine import store
+from engine import choices, store
 from engine.config import ConfigError, load_config
+from engine.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +29,7 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def cmd_serve(args) -> int:
-    from engine.sample import ensure_samples
+    from engine.sample_datasets import ensure_samples
 
     home = store.home_dir(args.home)
     ensure_samples(store.connect(home), home)
@@ -95,11 +96,10 @@ def cmd_train(args) -> int:
                 "--resume continues a run with its own config; drop the config file and --set "
                 "(to change it, start a new run)"
             )
-        if run["status"] in ("running", "queued", "completed"):
-            return _fail(
-                f"run {args.resume} is {run['status']}: only a failed or cancelled run resumes"
-            )
-        store.requeue_run(db, args.resume, resume=True)
+        try:
+            store.resume_run(db, args.resume)
+        except store.RunStateError as exc:
+            return _fail(str(exc))
         run_id = args.resume
         print(f"resuming run {run_id}: {run['name']}")
     else:
@@ -109,18 +109,14 @@ def cmd_train(args) -> int:
             cfg = load_config(args.config, args.set)
         except ConfigError as exc:
             return _fail(str(exc))
-        from engine.sample import ensure_samples
-        from engine.weights import model_family
-
-        try:
-            model_family(cfg.model_name)  # an unknown name fails here, not in the trainer
-        except ValueError as exc:
-            return _fail(f"model: {exc}")
+        from engine.preflight import check_run
+        from engine.sample_datasets import ensure_samples
 
         ensure_samples(db, args.home)  # so `dataset = "digits"` works on a fresh install
-        path = store.resolve_dataset(db, cfg.dataset)
-        if not Path(path).exists():
-            return _fail(f"dataset: {cfg.dataset!r} is neither a path nor a registered dataset")
+        # The New run form's check: a run it would refuse is refused here, before queueing.
+        problems = check_run(cfg, db)
+        if problems:
+            return _fail("nothing queued:\n" + "\n".join(f"  - {p}" for p in problems))
         run_id = store.create_run(
             db, cfg.resolved(), name=cfg.name, user=_user(), tags=args.tag or []
         )
@@ -144,7 +140,7 @@ def follow(db, run_id: int, home: Path) -> int:
     from engine.worker import Worker, worker_running
 
     worker = thread = None
-    if not worker_running(home):
+    if not worker_running(db):
         worker = Worker(home, only_run=run_id)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
@@ -182,7 +178,10 @@ def follow(db, run_id: int, home: Path) -> int:
                         thread.join(timeout=30)
                     break
                 cancelling = True
-                store.request_cancel(db, run_id)
+                try:
+                    store.request_cancel(db, run_id)
+                except store.RunStateError:
+                    continue  # it ended meanwhile: the next look at its status stops here
                 bar.write(
                     "cancelling (Ctrl-C again to stop at once; the run stops at its next step)"
                 )
@@ -211,7 +210,7 @@ def print_summary(run: dict) -> None:
     ):
         if s.get(key) is not None:
             print(f"  {key}: {s[key]}")
-    print(f"  files: {store.home_dir() / str(run['id'])}")
+    print(f"  files: {RunFolder(store.home_dir(), run['id']).path}")
 
 
 # -- runs ---------------------------------------------------------------------------------
@@ -250,12 +249,15 @@ def cmd_runs(args) -> int:
             print_summary(store.get_run(db, args.id))
             print(json.dumps(data["config"], indent=2))
     elif action == "cancel":
-        store.request_cancel(db, args.id)
+        try:
+            store.request_cancel(db, args.id)
+        except store.RunStateError as exc:
+            return _fail(str(exc))
         print(f"cancel requested for run {args.id}")
     elif action == "delete":
         try:
             store.delete_run(db, args.id)
-        except ValueError as exc:
+        except store.RunStateError as exc:
             return _fail(str(exc))
         print(f"deleted run {args.id}")
     return 0
@@ -445,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", parents=[home], help="inspect, add or list datasets")
     p.add_argument("action", choices=["inspect", "add", "list"])
     p.add_argument("path", nargs="?")
-    p.add_argument("--format", default="auto")
-    p.add_argument("--task", choices=["classification", "detection"])
+    p.add_argument("--format", default=choices.AUTO_FORMAT, choices=choices.format_names())
+    p.add_argument("--task", choices=list(choices.TASKS))
     p.add_argument("--name", help="name to register the dataset under (add)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_datasets)
@@ -462,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", parents=[home], help="export a run's model")
     p.add_argument("run", type=int)
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    p.add_argument("--format", required=True, choices=list(choices.EXPORT_FORMATS))
     p.add_argument("--out", help="output file (default: in the run's folder)")
     p.set_defaults(func=cmd_export)
 

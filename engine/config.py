@@ -9,43 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-TASKS = ("classification", "detection")
-DATASET_FORMATS = ("auto", "imagefolder", "csv", "coco", "voc", "yolo")
-CLASSIFICATION_FORMATS = ("imagefolder", "csv")
-DETECTION_FORMATS = ("coco", "voc", "yolo", "csv")
-CLASSIFICATION_MODELS = ("efficientnet_b0", "efficientnet_b4", "efficientnet_b7")
-DETECTION_MODELS = (
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn_v2",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-    "fasterrcnn_mobilenet_v3_large_320_fpn",
-)
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamax", "adagrad", "adadelta")
-LR_SCHEDULES = ("plateau", "step", "exponential")
-CLASSIFICATION_METRICS = (
-    "roc_auc",
-    "accuracy",
-    "f1",
-    "precision",
-    "recall",
-    "log_loss",
-    "average_precision",
-)
-DETECTION_METRICS = ("f1", "precision", "recall", "map", "map_50")
-# Metrics where a smaller value is better; every other metric is maximised.
-MINIMIZED_METRICS = ("log_loss", "loss")
-DEVICES = ("auto", "cpu", "cuda")
-MIXED_PRECISION = ("no", "fp16", "bf16")
-DEFAULT_MODEL = {"classification": "efficientnet_b4", "detection": "fasterrcnn_resnet50_fpn"}
-DEFAULT_METRIC = {"classification": "roc_auc", "detection": "f1"}
-# Keys whose default depends on the task (or the model): None in the dataclass means "per task".
-TASK_DEFAULTS = ("model", "metric")
+from engine import choices
 
 GROUPS = (
     "Data",
@@ -58,10 +27,42 @@ GROUPS = (
 )
 
 
-def _key(default, group: str, help: str, choices: tuple | None = None, minimum=None, maximum=None):
-    """A config key: its default plus the metadata the form and the validator read."""
-    meta = {"group": group, "help": help, "choices": choices, "min": minimum, "max": maximum}
+def _key(
+    default,
+    group: str,
+    help: str,
+    allowed: tuple | None = None,
+    minimum=None,
+    maximum=None,
+    shown_default: str | None = None,
+    shown_allowed: str | None = None,
+):
+    """A config key: its default plus the metadata the form, the validator and the README's
+    config table read. `shown_default` / `shown_allowed` say in words what a None default or
+    a per-task choice means (the table prints them)."""
+    meta = {"group": group, "help": help, "choices": allowed, "min": minimum, "max": maximum}
+    meta |= {"shown_default": shown_default, "shown_allowed": shown_allowed}
     return field(default=default, metadata=meta)
+
+
+def _per_task(pick) -> str:
+    """ "classification: a, b; detection: c" from pick(TaskInfo) → names."""
+    return "; ".join(f"{t.name}: {', '.join(pick(t))}" for t in choices.TASKS.values())
+
+
+def _model_choices(task: choices.TaskInfo) -> tuple[str, ...]:
+    return (*task.models, "any timm name") if task.any_timm_model else task.models
+
+
+def _metric_choices(task: choices.TaskInfo) -> tuple[str, ...]:
+    metrics = choices.metrics_for(task.name).values()
+    return tuple(m.name + (" (lower is better)" if m.mode == "min" else "") for m in metrics)
+
+
+def _gamma_defaults() -> str:
+    # Schedules that follow the metric cut by plateau_factor: gamma means nothing to them.
+    cutting = [s for s in choices.LR_SCHEDULES.values() if not s.follows_metric]
+    return ", ".join(f"{s.name}: {s.default_gamma:g}" for s in cutting)
 
 
 @dataclass
@@ -71,7 +72,7 @@ class RunConfig:
         "classification",
         "Data",
         "What the model learns: one label per image (classification) or boxes around objects (detection).",
-        TASKS,
+        tuple(choices.TASKS),
     )
     dataset: str = _key(
         "",
@@ -82,7 +83,7 @@ class RunConfig:
         "auto",
         "Data",
         "How the dataset is laid out. `auto` detects image folders, CSV, COCO, VOC and YOLO.",
-        DATASET_FORMATS,
+        choices.format_names(),
     )
     test_ratio: float = _key(
         0.2,
@@ -105,6 +106,8 @@ class RunConfig:
         "efficientnet_b0 is fastest, b4 (the default) balances speed and accuracy, b7 is the most "
         "accurate and the slowest. Any timm model name works for classification; Faster R-CNN "
         "variants for detection.",
+        shown_default=" / ".join(t.default_model for t in choices.TASKS.values()),
+        shown_allowed=_per_task(_model_choices),
     )
     pretrained: bool = _key(
         True,
@@ -120,12 +123,14 @@ class RunConfig:
         "a small one. Empty = the model's default: every stage for timm models; for Faster "
         "R-CNN 3 of the 5 backbone layers when pretrained, all 5 from scratch.",
         minimum=0,
+        shown_default="per model",
     )
     image_size: int | None = _key(
         None,
         "Model",
         "Input size in pixels for training and prediction. Empty = the model's default. Smaller is "
         "faster; larger sees finer detail.",
+        shown_default="model's default",
         minimum=16,
         maximum=2048,
     )
@@ -149,7 +154,7 @@ class RunConfig:
         "adam",
         "Optimization",
         "Adam is a safe default; SGD with momentum can generalise better with a tuned schedule.",
-        OPTIMIZERS,
+        tuple(choices.OPTIMIZERS),
     )
     lr: float = _key(
         0.001,
@@ -192,7 +197,7 @@ class RunConfig:
         "Schedule",
         "How the learning rate decays at the end of each epoch: when the metric stops improving "
         "(plateau), every few epochs (step), or a little every epoch (exponential).",
-        LR_SCHEDULES,
+        tuple(choices.LR_SCHEDULES),
     )
     plateau_patience: int = _key(
         2, "Schedule", "Plateau: epochs without improvement before the LR is cut.", minimum=0
@@ -204,10 +209,16 @@ class RunConfig:
     lr_gamma: float | None = _key(
         None,
         "Schedule",
-        "Step and exponential: the LR is multiplied by this at each cut. Empty = 0.1 for step, "
-        "0.95 for exponential.",
+        "Step and exponential: the LR is multiplied by this at each cut. Empty = "
+        + ", ".join(
+            f"{s.default_gamma:g} for {s.name}"
+            for s in choices.LR_SCHEDULES.values()
+            if not s.follows_metric
+        )
+        + ".",
         minimum=0.0,
         maximum=1.0,
+        shown_default=_gamma_defaults(),
     )
     warmup: bool = _key(
         True,
@@ -220,7 +231,11 @@ class RunConfig:
         None,
         "Early stopping",
         "The test-split metric that picks the best epoch, drives early stopping and the plateau "
-        "schedule. Default: roc_auc (classification), f1 (detection).",
+        "schedule. Default: "
+        + ", ".join(f"{t.default_metric} ({t.name})" for t in choices.TASKS.values())
+        + ".",
+        shown_default=" / ".join(t.default_metric for t in choices.TASKS.values()),
+        shown_allowed=_per_task(_metric_choices),
     )
     early_stopping: bool = _key(True, "Early stopping", "Stop when the metric stops improving.")
     early_stopping_patience: int = _key(
@@ -255,7 +270,9 @@ class RunConfig:
         maximum=1.0,
     )
     # Devices
-    device: str = _key("auto", "Devices", "`auto` uses GPUs when present, else the CPU.", DEVICES)
+    device: str = _key(
+        "auto", "Devices", "`auto` uses GPUs when present, else the CPU.", tuple(choices.DEVICES)
+    )
     num_processes: int = _key(
         1,
         "Devices",
@@ -267,30 +284,37 @@ class RunConfig:
         "no",
         "Devices",
         "fp16 or bf16 halve memory and speed up training on recent GPUs; keep `no` on CPU.",
-        MIXED_PRECISION,
+        tuple(choices.MIXED_PRECISIONS),
     )
     channels_last: bool = _key(
         True, "Devices", "Channels-last memory layout: faster convolutions on CPU and recent GPUs."
     )
 
     # -- derived values -------------------------------------------------------------------
+    # These read unvalidated configs too (a form being filled in): an unknown task or schedule
+    # falls back on the first registered one instead of raising.
+    @property
+    def task_info(self) -> choices.TaskInfo:
+        return choices.TASKS.get(self.task) or next(iter(choices.TASKS.values()))
+
     @property
     def model_name(self) -> str:
-        return self.model or DEFAULT_MODEL.get(self.task, DEFAULT_MODEL["classification"])
+        return self.model or self.task_info.default_model
 
     @property
     def metric_name(self) -> str:
-        return self.metric or DEFAULT_METRIC.get(self.task, DEFAULT_METRIC["classification"])
+        return self.metric or self.task_info.default_metric
 
     @property
     def gamma(self) -> float:
         if self.lr_gamma is not None:
             return self.lr_gamma
-        return 0.95 if self.lr_schedule == "exponential" else 0.1
+        schedule = choices.LR_SCHEDULES.get(self.lr_schedule)
+        return (schedule or next(iter(choices.LR_SCHEDULES.values()))).default_gamma
 
     @property
     def metric_mode(self) -> str:
-        return "min" if self.metric_name in MINIMIZED_METRICS else "max"
+        return choices.metric_mode(self.metric_name)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -341,19 +365,20 @@ class RunConfig:
                 errors.append(FieldError(f.name, value, f"a value of at most {meta['max']}"))
         if not str(self.dataset).strip():
             errors.append(FieldError("dataset", self.dataset, "a dataset path or registered name"))
-        if self.task not in TASKS:
+        if self.task not in choices.TASKS:
             return errors
-        if self.dataset_format != "auto":
-            allowed = CLASSIFICATION_FORMATS if self.task == "classification" else DETECTION_FORMATS
-            if self.dataset_format not in allowed and self.dataset_format in DATASET_FORMATS:
+        task = choices.TASKS[self.task]
+        if self.dataset_format in choices.DATASET_FORMATS:
+            allowed = choices.formats_for(self.task)
+            if self.dataset_format not in allowed:
                 errors.append(
                     FieldError(
                         "dataset_format",
                         self.dataset_format,
-                        f"for {self.task}: auto, " + ", ".join(allowed),
+                        f"for {self.task}: {choices.AUTO_FORMAT}, " + ", ".join(allowed),
                     )
                 )
-        metrics = CLASSIFICATION_METRICS if self.task == "classification" else DETECTION_METRICS
+        metrics = choices.metrics_for(self.task)
         if self.metric is not None and self.metric not in metrics:
             errors.append(
                 FieldError("metric", self.metric, f"for {self.task}: " + ", ".join(metrics))
@@ -361,18 +386,13 @@ class RunConfig:
         if self.model is not None:
             if not self.model.strip():
                 errors.append(FieldError("model", self.model, "a model name"))
-            elif self.task == "detection" and self.model not in DETECTION_MODELS:
-                errors.append(
-                    FieldError("model", self.model, "for detection: " + ", ".join(DETECTION_MODELS))
-                )
-            elif self.task == "classification" and self.model in DETECTION_MODELS:
-                errors.append(
-                    FieldError(
-                        "model",
-                        self.model,
-                        "for classification: efficientnet_b0/b4/b7 or a timm name",
-                    )
-                )
+            elif self.model not in task.models and (
+                not task.any_timm_model or self.model in choices.listed_models()
+            ):
+                # A closed list takes only its own models; an open one (any timm name) still
+                # refuses the models another task lists.
+                what = ", ".join(task.models) + (" or a timm name" if task.any_timm_model else "")
+                errors.append(FieldError("model", self.model, f"for {self.task}: {what}"))
         if (
             self.task == "detection"
             and self.retrained_layers is not None
@@ -385,8 +405,14 @@ class RunConfig:
             errors.append(
                 FieldError("min_size", self.min_size, f"at most max_size ({self.max_size})")
             )
-        if self.device == "cpu" and self.mixed_precision == "fp16":
-            errors.append(FieldError("mixed_precision", "fp16", "on cpu: no or bf16"))
+        precision = choices.MIXED_PRECISIONS.get(self.mixed_precision)
+        if self.device == "cpu" and precision and not precision.on_cpu:
+            on_cpu = [p.name for p in choices.MIXED_PRECISIONS.values() if p.on_cpu]
+            errors.append(
+                FieldError(
+                    "mixed_precision", self.mixed_precision, "on cpu: " + " or ".join(on_cpu)
+                )
+            )
         return errors
 
 

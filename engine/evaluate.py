@@ -24,6 +24,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from engine import choices
 from engine.detection_metrics import box_iou, detection_metrics, detection_report, thin_indices
 
 __all__ = [
@@ -35,15 +36,6 @@ __all__ = [
     "is_better",
 ]
 
-CLASSIFICATION_METRIC_NAMES = (
-    "accuracy",
-    "roc_auc",
-    "f1",
-    "precision",
-    "recall",
-    "log_loss",
-    "average_precision",
-)
 # log_loss of a probability of 0 would be infinite; clip as scikit-learn did with eps=1e-15.
 PROB_EPS = 1e-15
 
@@ -83,7 +75,7 @@ def classification_metrics(probs, targets) -> dict[str, float]:
     """
     probs, targets = _check_inputs(probs, targets)
     if len(targets) == 0:
-        return {name: math.nan for name in CLASSIFICATION_METRIC_NAMES}
+        return {name: math.nan for name in choices.metrics_for("classification")}
     predicted = probs.argmax(axis=1)
     precision, recall, f1, _ = precision_recall_fscore_support(
         targets, predicted, average="macro", zero_division=0
@@ -193,8 +185,9 @@ def is_better(value: float, best: float | None, mode: str, delta: float = 0.0) -
     No best yet (None) → True. A NaN value never improves on a number; any number improves
     on a NaN best.
     """
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    if mode not in choices.METRIC_MODES:
+        valid = " or ".join(map(repr, choices.METRIC_MODES))
+        raise ValueError(f"mode must be {valid}, got {mode!r}")
     if delta < 0:
         raise ValueError(f"delta must be >= 0, got {delta}")
     if best is None:

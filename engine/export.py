@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine import store
+from engine import choices, store
 from engine.predict import PredictError, Predictor, load_predictor
+from engine.run_folder import RunFolder, write_json
 
-EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "safetensors": "safetensors"}
 ONNX_OPSET = 17
 
 
@@ -126,6 +126,7 @@ EXPORTERS = {
     "torchscript": export_torchscript,
     "safetensors": export_safetensors,
 }
+choices.check_implemented("export formats", choices.EXPORT_FORMATS, EXPORTERS)
 
 
 def classification_interface(predictor: Predictor) -> dict[str, Any]:
@@ -187,7 +188,8 @@ def model_card(predictor: Predictor, fmt: str, path: Path, interface: dict) -> d
 
 
 def default_path(run_id: int, fmt: str, home=None) -> Path:
-    return store.home_dir(home) / str(run_id) / "export" / f"model.{EXTENSIONS[fmt]}"
+    suffix = choices.get_export_format(fmt).suffix
+    return RunFolder(store.home_dir(home), run_id).export_dir / f"model.{suffix}"
 
 
 def card_path(path: Path) -> Path:
@@ -198,15 +200,17 @@ def card_path(path: Path) -> Path:
 def export_run(run_id: int, fmt: str, out: str | Path | None = None, home=None) -> Path:
     """Write the run's model in `fmt` (onnx, torchscript, safetensors) and its card beside it;
     returns the model file's path."""
-    if fmt not in EXPORTERS:
-        raise ExportError(f"format {fmt!r}: expected one of {', '.join(EXPORTERS)}")
+    try:
+        suffix = choices.get_export_format(fmt).suffix
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     try:
         predictor = load_predictor(run_id, home=home, device="cpu")
     except PredictError as exc:
         raise ExportError(str(exc)) from exc
     path = Path(out) if out else default_path(run_id, fmt, home)
     if path.is_dir():
-        path = path / f"model.{EXTENSIONS[fmt]}"
+        path = path / f"model.{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write aside, then rename: the dashboard never offers a half-written file.
     tmp = path.with_name(path.name + ".partial")
@@ -216,7 +220,7 @@ def export_run(run_id: int, fmt: str, out: str | Path | None = None, home=None) 
     finally:
         tmp.unlink(missing_ok=True)
     card = model_card(predictor, fmt, path, interface)
-    card_path(path).write_text(json.dumps(card, indent=2))
+    write_json(card_path(path), card, indent=2)
     return path
 
 

@@ -1,10 +1,10 @@
 """Models from a RunConfig: timm classifiers and torchvision Faster R-CNN detectors.
 
-`create_model` builds the architecture, loads pre-trained weights through engine.weights (never
-downloading), gives a new head small weights, and freezes the backbone stages that
-`retrained_layers` leaves out. The architecture depends only on the config, never on where the
-weights came from, so `create_model(cfg, n, load_weights=False)` rebuilds a trained run's model
-for its saved state dict.
+`create_model` builds the architecture (engine.architectures), loads pre-trained weights
+through engine.weights (never downloading), gives a new head small weights, and freezes the
+backbone stages that `retrained_layers` leaves out. The architecture depends only on the
+config, never on where the weights came from, so `create_model(cfg, n, load_weights=False)`
+rebuilds a trained run's model for its saved state dict.
 """
 
 from __future__ import annotations
@@ -13,23 +13,20 @@ import itertools
 import re
 from typing import Any
 
-import torch
 from torch import nn
 
 from engine import weights
+from engine.architectures import (
+    ARCH_KWARGS,
+    DETECTOR_FROZEN_BN_EPS,
+    DETECTOR_HEAD,
+    build_detector,
+    classifier_heads,
+    head_prefixes,
+    model_family,
+)
 from engine.config import RunConfig
 
-# efficientnet_b7's only ImageNet weights are TF ports (see weights.WEIGHT_SOURCES): build it the TF
-# way (same padding, BatchNorm eps 1e-3) so those weights compute what they were trained to.
-ARCH_KWARGS = {"efficientnet_b7": {"bn_eps": 1e-3, "pad_type": "same"}}
-# torchvision freezes the BatchNorm of pre-trained detector backbones (FrozenBatchNorm2d) with
-# these eps; the v2 model keeps ordinary BatchNorm.
-DETECTOR_FROZEN_BN_EPS = {
-    "fasterrcnn_resnet50_fpn": 0.0,
-    "fasterrcnn_mobilenet_v3_large_fpn": 1e-5,
-    "fasterrcnn_mobilenet_v3_large_320_fpn": 1e-5,
-}
-DETECTOR_HEAD = ("roi_heads.box_predictor.",)
 RESNET_LAYERS = ("layer4", "layer3", "layer2", "layer1", "conv1")  # output end first
 DETECTOR_MAX_LAYERS = 5
 DETECTOR_DEFAULT_LAYERS = 3
@@ -51,30 +48,9 @@ def create_model(
     kwargs go to the builder (timm.create_model or the torchvision detector, e.g.
     rpn_post_nms_top_n_train for faster tests)."""
     name = cfg.model_name
-    if weights.model_family(name) == "torchvision":
+    if model_family(name) == "torchvision":
         return _create_detector(cfg, num_classes, home, load_weights, **kwargs)
     return _create_classifier(cfg, num_classes, home, load_weights, **kwargs)
-
-
-def reference_model(name: str) -> nn.Module:
-    """The architecture that `name`'s pre-trained weights fit (ImageNet/COCO head): what
-    engine.weights checks an imported file against."""
-    if weights.model_family(name) == "torchvision":
-        return _build_detector(name, num_classes=91, frozen_bn=name in DETECTOR_FROZEN_BN_EPS)
-    import timm
-
-    return timm.create_model(name, pretrained=False, **ARCH_KWARGS.get(name, {}))
-
-
-def head_prefixes(model: nn.Module) -> tuple[str, ...]:
-    """State-dict key prefixes of the classifier head: dropped from weights of another shape."""
-    if hasattr(model, "roi_heads"):
-        return DETECTOR_HEAD
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    if not names and hasattr(model, "get_classifier"):
-        heads = _as_tuple(model.get_classifier())
-        names = [n for n, m in model.named_modules() if any(m is h for h in heads)]
-    return tuple(f"{n}." for n in _as_tuple(names or ()))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -105,7 +81,7 @@ def model_input(cfg: RunConfig, model: nn.Module) -> dict[str, Any]:
 
 def default_image_size(model_name: str) -> int | None:
     """The input size a model was pre-trained at, without building it; None for detectors."""
-    if weights.model_family(model_name) == "torchvision":
+    if model_family(model_name) == "torchvision":
         return None
     import timm
 
@@ -142,7 +118,7 @@ def _create_classifier(cfg, num_classes, home, load_weights, **kwargs) -> nn.Mod
 def _init_classifier(model: nn.Module) -> None:
     # Small random logits at first: large gradients through a random head would wreck the
     # pre-trained backbone in the first steps.
-    for head in _as_tuple(model.get_classifier()):
+    for head in classifier_heads(model):
         for module in head.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 nn.init.normal_(module.weight, std=HEAD_INIT_STD)
@@ -231,18 +207,6 @@ def freeze_stages(model: nn.Module, retrained_layers: int | str | None) -> None:
 # -- detection --------------------------------------------------------------------------------
 
 
-def _build_detector(name: str, num_classes: int, frozen_bn: bool, **kwargs) -> nn.Module:
-    from torchvision.models import get_model_builder
-
-    # weights=None everywhere: torchvision would download otherwise; weights load afterwards.
-    model = get_model_builder(name)(
-        weights=None, weights_backbone=None, num_classes=num_classes, **kwargs
-    )
-    if frozen_bn:
-        _freeze_batchnorm(model.backbone.body, DETECTOR_FROZEN_BN_EPS[name])
-    return model
-
-
 def _create_detector(cfg, num_classes, home, load_weights, **kwargs) -> nn.Module:
     name = cfg.model_name
     defaults = RunConfig()
@@ -252,7 +216,7 @@ def _create_detector(cfg, num_classes, home, load_weights, **kwargs) -> nn.Modul
         if getattr(cfg, key) != getattr(defaults, key):
             kwargs.setdefault(key, getattr(cfg, key))
     frozen_bn = cfg.pretrained and name in DETECTOR_FROZEN_BN_EPS
-    model = _build_detector(name, num_classes + 1, frozen_bn, **kwargs)
+    model = build_detector(name, num_classes + 1, frozen_bn, **kwargs)
     head_loaded = False
     if cfg.pretrained and load_weights:
         state_dict = weights.load_pretrained(name, home)
@@ -298,23 +262,3 @@ def freeze_detector_backbone(model: nn.Module, layers: int) -> None:
     for block in blocks[:freeze_before]:
         for param in block.parameters():
             param.requires_grad_(False)
-
-
-def _freeze_batchnorm(module: nn.Module, eps: float) -> None:
-    from torchvision.ops.misc import FrozenBatchNorm2d
-
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=eps)
-            with torch.no_grad():
-                for key in ("weight", "bias", "running_mean", "running_var"):
-                    getattr(frozen, key).copy_(getattr(child, key))
-            setattr(module, name, frozen)
-        else:
-            _freeze_batchnorm(child, eps)
-
-
-def _as_tuple(value) -> tuple:
-    if isinstance(value, (tuple, list)):
-        return tuple(value)
-    return (value,)

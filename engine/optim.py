@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule from a RunConfig: registries of name → constructor.
+"""Optimizer and learning-rate schedule from a RunConfig, by the names in engine.choices.
 
 The schedule has two clocks: `step_batch()` after every optimizer step drives the first epoch's
 linear warmup; `step_epoch(metric)` at every epoch's end drives the decay (plateau, step,
@@ -14,83 +14,39 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
+from engine import choices
 from engine.config import RunConfig
-
-
-def _adam(params, cfg):
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _sgd(params, cfg):
-    return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=False, weight_decay=cfg.weight_decay
-    )
-
-
-def _rmsprop(params, cfg):
-    return torch.optim.RMSprop(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-
-
-def _adamax(params, cfg):
-    return torch.optim.Adamax(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _adagrad(params, cfg):
-    return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _adadelta(params, cfg):
-    return torch.optim.Adadelta(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-OPTIMIZERS = {
-    "adam": _adam,
-    "sgd": _sgd,
-    "rmsprop": _rmsprop,
-    "adamax": _adamax,
-    "adagrad": _adagrad,
-    "adadelta": _adadelta,
-}
-
-
-def _plateau(optimizer, cfg):
-    return lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode=cfg.metric_mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience
-    )
-
-
-def _step(optimizer, cfg):
-    return lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-
-
-def _exponential(optimizer, cfg):
-    return lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
-
-
-SCHEDULES = {"plateau": _plateau, "step": _step, "exponential": _exponential}
 
 
 def create_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     """cfg.optimizer over the model's trainable parameters (frozen ones are left out)."""
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(
-            f"unknown optimizer {cfg.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"
-        )
+    info = choices.get_optimizer(cfg.optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters: raise retrained_layers")
-    return OPTIMIZERS[cfg.optimizer](params, cfg)
+    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if info.has_momentum:
+        kwargs["momentum"] = cfg.momentum
+    return getattr(torch.optim, info.torch_class)(params, **kwargs)
+
+
+# The arguments of each registered schedule's class (choices.LR_SCHEDULES names the class).
+SCHEDULE_ARGS = {
+    "plateau": lambda cfg: {
+        "mode": cfg.metric_mode,
+        "factor": cfg.plateau_factor,
+        "patience": cfg.plateau_patience,
+    },
+    "step": lambda cfg: {"step_size": cfg.step_size, "gamma": cfg.gamma},
+    "exponential": lambda cfg: {"gamma": cfg.gamma},
+}
+choices.check_implemented("lr_schedule", choices.LR_SCHEDULES, SCHEDULE_ARGS)
 
 
 def create_schedule(
     cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
 ) -> LRSchedule:
-    if cfg.lr_schedule not in SCHEDULES:
-        raise ValueError(
-            f"unknown lr_schedule {cfg.lr_schedule!r}: expected one of {', '.join(SCHEDULES)}"
-        )
+    choices.get_schedule(cfg.lr_schedule)  # an unknown name fails here, listing the valid ones
     return LRSchedule(cfg, optimizer, steps_per_epoch)
 
 
@@ -111,7 +67,10 @@ class LRSchedule:
                 optimizer, start_factor=1 / n, end_factor=1.0, total_iters=n - 1
             )
         # Built after the warmup: the decay schedulers start from the LR it left.
-        self.decay = SCHEDULES[cfg.lr_schedule](optimizer, cfg)
+        schedule = choices.get_schedule(cfg.lr_schedule)
+        decay_class = getattr(lr_scheduler, schedule.torch_class)
+        self.decay = decay_class(optimizer, **SCHEDULE_ARGS[schedule.name](cfg))
+        self.follows_metric = schedule.follows_metric
         self.warming = self.warmup is not None
 
     @property
@@ -132,7 +91,7 @@ class LRSchedule:
         self.epochs += 1
         if self.warming:  # an epoch shorter than announced still ends the warmup at lr
             self._end_warmup()
-        if isinstance(self.decay, lr_scheduler.ReduceLROnPlateau):
+        if self.follows_metric:
             # No metric (or NaN, e.g. ROC AUC with a class missing from the test split) is no
             # evidence either way: it does not count as an epoch without improvement.
             if metric_value is not None and math.isfinite(float(metric_value)):

@@ -1,7 +1,7 @@
 """Use a finished run's model: load it, predict images, explain a classification.
 
-`load_predictor(run_id)` rebuilds the run's architecture from its model card (model.json) and
-loads model.safetensors (safetensors only: nothing is unpickled). Images go through the run's
+`load_predictor(run_id)` rebuilds the run's architecture from its model card and loads its
+weights (engine.run_folder names both; safetensors only: nothing is unpickled). Images go through the run's
 own test-time preprocessing: read_image (EXIF orientation, RGB), then the test transform of
 classification (resize to image_size, normalise) or detection (to a [0, 1] tensor; Faster R-CNN
 resizes inside the model, so boxes come back in the original image's pixels).
@@ -35,14 +35,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import store
+from engine import choices, store
 from engine.config import ConfigError, RunConfig
+from engine.run_folder import CardError, RunFolder, read_card
 
-MODEL_FILE = "model.safetensors"
-CARD_FILE = "model.json"
 DEFAULT_THRESHOLD = 0.5
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class PredictError(ValueError):
@@ -53,8 +51,7 @@ class PredictError(ValueError):
 
 
 def model_files(run_id: int, home=None) -> tuple[Path, Path]:
-    """(model.safetensors, model.json) of a run; PredictError when the run or its model is
-    missing."""
+    """(weights, model card) of a run; PredictError when the run or its model is missing."""
     home_path = store.home_dir(home)
     db = store.connect(home_path)
     try:
@@ -63,27 +60,15 @@ def model_files(run_id: int, home=None) -> tuple[Path, Path]:
         db.conn.close()
     if run is None:
         raise PredictError(f"run {run_id} not found in {home_path} (`visionboard runs` lists them)")
-    folder = home_path / str(run_id)
-    weights, card = folder / MODEL_FILE, folder / CARD_FILE
-    if not weights.is_file():
+    folder = RunFolder(home_path, run_id)
+    if not folder.has_model():
         raise PredictError(
-            f"run {run_id} ({run['status']}) has no trained model: {weights} is missing "
+            f"run {run_id} ({run['status']}) has no trained model: {folder.model} is missing "
             "(a run writes it when its first epoch ends)"
         )
-    if not card.is_file():
-        raise PredictError(f"run {run_id}: model card {card} is missing")
-    return weights, card
-
-
-def read_card(path: Path) -> dict[str, Any]:
-    try:
-        card = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise PredictError(f"cannot read the model card {path}: {exc}") from exc
-    missing = [k for k in ("task", "classes", "config") if k not in card]
-    if missing:
-        raise PredictError(f"model card {path} lacks {', '.join(missing)}")
-    return card
+    if not folder.card.is_file():
+        raise PredictError(f"run {run_id}: model card {folder.card} is missing")
+    return folder.model, folder.card
 
 
 def card_config(card: dict[str, Any]) -> RunConfig:
@@ -99,8 +84,8 @@ def card_config(card: dict[str, Any]) -> RunConfig:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device not in DEVICES:
-        raise PredictError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
+    if device not in choices.DEVICES:
+        raise PredictError(f"device {device!r}: expected one of {', '.join(choices.DEVICES)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
@@ -114,7 +99,10 @@ def load_predictor(run_id: int, home=None, device: str = "cpu") -> Predictor:
     from engine.models import create_model
 
     weights, card_path = model_files(run_id, home)
-    card = read_card(card_path)
+    try:
+        card = read_card(card_path)
+    except CardError as exc:  # callers catch PredictError for every reason a run won't load
+        raise PredictError(str(exc)) from exc
     cfg = card_config(card)
     # The same config as training (pretrained included: it decides where torchvision freezes
     # BatchNorm), but no pre-trained weights are looked for: the run's own replace them.

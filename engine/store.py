@@ -1,9 +1,24 @@
-"""All SQL of VisionBoard: schema migrations, runs, metrics and datasets.
+"""All SQL of VisionBoard: schema migrations, runs and their life-cycle, workers, metrics
+and datasets. No other module writes SQL.
 
 One SQLite file under the data directory, in WAL mode with a busy timeout, so the dashboard,
-the worker and the trainer can use it at once. One writer per column: the dashboard writes
-config, tags, notes and the cancel/resume requests; the worker writes status and timestamps;
-the trainer writes metrics, heartbeat and summary.
+the worker and the trainer can use it at once. One writer per column of `runs`:
+
+- the dashboard and the CLI write config, name, tags and note, and the user's requests
+  cancel_requested and resume_requested (create_run, rename_run, set_tags, set_note,
+  request_cancel, resume_run);
+- the worker writes status, started_at, finished_at, worker, devices and error (claim_run,
+  set_status, set_devices); at the exit it copies the trainer's error into `error`;
+- the trainer, main process only, writes the metrics rows, heartbeat_at, summary and
+  trainer_error (add_metrics, heartbeat, update_summary, record_trainer_error).
+
+Two hand-overs cross these lines, both here. `status` moves only through this module's
+verbs: the worker's claim (queued -> running) and exit (running -> completed, failed,
+cancelled), and two user transitions guarded by ACTIONS on runs no worker holds: cancelling a
+queued run (-> cancelled, finished_at) and resuming a failed or cancelled one (-> queued,
+clearing error and finished_at). And claim_run opens each attempt by setting heartbeat_at to
+the claim time and clearing trainer_error, so a resumed run is judged by neither the pulse nor
+the error of its last attempt. Each worker writes its own row of `workers` (beat_worker).
 """
 
 from __future__ import annotations
@@ -19,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+
+from engine.run_folder import RunFolder
 
 DB_NAME = "visionboard.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -39,9 +56,8 @@ def home_dir(home: str | Path | None = None) -> Path:
 
 
 def run_dir(run_id: int, home: str | Path | None = None) -> Path:
-    path = home_dir(home) / str(run_id)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """A run's folder, created if missing (engine.run_folder names the files in it)."""
+    return RunFolder(home_dir(home), run_id).create().path
 
 
 def connect(home: str | Path | None = None) -> sqlite_utils.Database:
@@ -119,7 +135,17 @@ def _m002_run_ids_never_reused(db: sqlite_utils.Database) -> None:
     db["runs"].create_index(["status"], if_not_exists=True)
 
 
-MIGRATIONS = [_m001_initial, _m002_run_ids_never_reused]
+def _m003_trainer_error_and_workers(db: sqlite_utils.Database) -> None:
+    """The trainer's error gets its own column (it used to be `<run>/error.txt`), and each
+    worker's pulse a row (it used to be `<home>/worker.json`)."""
+    db["runs"].add_column("trainer_error", str)
+    db["workers"].create(
+        {"name": str, "host": str, "pid": int, "started_at": str, "heartbeat_at": str},
+        pk="name",
+    )
+
+
+MIGRATIONS = [_m001_initial, _m002_run_ids_never_reused, _m003_trainer_error_and_workers]
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -252,7 +278,8 @@ def distinct_values(db, column: str) -> list[str]:
 
 
 def claim_run(db, worker: str, run_id: int | None = None) -> dict[str, Any] | None:
-    """Atomically take the oldest queued run (or `run_id`) and mark it running."""
+    """Atomically take the oldest queued run (or `run_id`) and mark it running (worker only).
+    This opens an attempt: the trainer's heartbeat_at starts at the claim, its error empty."""
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
         sql = "select id from runs where status = 'queued'"
@@ -266,13 +293,14 @@ def claim_run(db, worker: str, run_id: int | None = None) -> dict[str, Any] | No
         stamp = now()
         db.conn.execute(
             "update runs set status = 'running', worker = ?, started_at = ?, heartbeat_at = ?, "
-            "finished_at = null, error = null where id = ?",
+            "finished_at = null, error = null, trainer_error = null where id = ?",
             [worker, stamp, stamp, row[0]],
         )
     return get_run(db, row[0])
 
 
 def set_status(db, run_id: int, status: str, error: str | None = None, **fields: Any) -> None:
+    """Record where a run the worker holds ended up (worker only)."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
     values = {"status": status, "error": error, **fields}
@@ -282,35 +310,141 @@ def set_status(db, run_id: int, status: str, error: str | None = None, **fields:
         db["runs"].update(run_id, values)
 
 
-def requeue_run(db, run_id: int, resume: bool) -> None:
-    """Put a finished run back in the queue; with `resume`, it continues from its checkpoint."""
+def set_devices(db, run_id: int, devices: str) -> None:
+    """What the worker gave the run, e.g. `cuda:0,cuda:1` or `cpu x2` (worker only)."""
     with db.conn:
-        db["runs"].update(
-            run_id,
-            {
-                "status": "queued",
-                "resume_requested": int(resume),
-                "cancel_requested": 0,
-                "error": None,
-                "finished_at": None,
-            },
+        db.conn.execute("update runs set devices = ? where id = ?", [devices, run_id])
+
+
+# -- life-cycle: which status allows which user action ------------------------------------
+
+# The one rule of what a user may do to a run in each status. The dashboard and the CLI show
+# the actions allowed_actions() gives; the verbs below check the same table inside their
+# UPDATE (`... WHERE id = ? AND status IN (...)`) and raise RunStateError when it refuses.
+ACTIONS: dict[str, tuple[str, ...]] = {
+    "cancel": ("queued", "running"),  # a queued run stops at once, a running one at a step
+    "resume": ("failed", "cancelled"),  # from its checkpoint; a completed run is re-run
+    "rerun": STATUSES,  # a new run with the same config
+    "edit": STATUSES,  # name, tags and note (and "edit and re-run", which starts a new run)
+    "delete": ("queued", *FINISHED),  # a running run's trainer still writes: cancel it first
+}
+DONE = {
+    "cancel": "cancelled",
+    "resume": "resumed",
+    "rerun": "re-run",
+    "edit": "edited",
+    "delete": "deleted",
+}
+
+
+class RunNotFound(KeyError):
+    def __init__(self, run_id: int):
+        super().__init__(run_id)
+        self.run_id = run_id
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} not found"
+
+
+class RunStateError(ValueError):
+    """An action the run's status does not allow; says the run, its status and the rule."""
+
+    def __init__(self, run_id: int, status: str, action: str):
+        self.run_id, self.status, self.action = run_id, status, action
+        self.allowed = ACTIONS[action]
+        hint = "; cancel it first" if action == "delete" and status == "running" else ""
+        super().__init__(f"run {run_id} is {status}: {action_rule(action)}{hint}")
+
+
+def action_rule(action: str) -> str:
+    """The rule in words, e.g. 'only a failed or cancelled run can be resumed'."""
+    if action not in ACTIONS:
+        raise ValueError(f"action {action!r}: expected one of {', '.join(ACTIONS)}")
+    allowed = ACTIONS[action]
+    if allowed == STATUSES:
+        return f"any run can be {DONE[action]}"
+    words = allowed[0] if len(allowed) == 1 else f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+    return f"only a {words} run can be {DONE[action]}"
+
+
+def allowed_actions(run: dict[str, Any]) -> set[str]:
+    """The actions a run's status allows (which buttons the dashboard shows)."""
+    return {action for action, statuses in ACTIONS.items() if run["status"] in statuses}
+
+
+def check_action(run: dict[str, Any], action: str) -> None:
+    """Raise RunStateError when the run's status does not allow `action`."""
+    if run["status"] not in ACTIONS[action]:
+        raise RunStateError(run["id"], run["status"], action)
+
+
+def _refuse(db, run_id: int, action: str):
+    """Raise why a guarded write matched no row: no such run, or a status that forbids it."""
+    row = db.conn.execute("select status from runs where id = ?", [run_id]).fetchone()
+    if row is None:
+        raise RunNotFound(run_id)
+    raise RunStateError(run_id, row[0], action)
+
+
+def _marks(values: tuple[str, ...]) -> str:
+    return ",".join("?" * len(values))
+
+
+def _update_if_allowed(db, run_id: int, action: str, values: dict[str, Any]) -> None:
+    """One UPDATE that checks the status and writes, so no other writer slips in between."""
+    allowed = ACTIONS[action]
+    sets = ", ".join(f"{column} = ?" for column in values)
+    with db.conn:
+        cursor = db.conn.execute(
+            f"update runs set {sets} where id = ? and status in ({_marks(allowed)})",
+            [*values.values(), run_id, *allowed],
         )
+        if cursor.rowcount == 0:
+            _refuse(db, run_id, action)
 
 
 def request_cancel(db, run_id: int) -> None:
+    """Cancel a queued run at once (no worker has it); ask a running run's trainer to stop."""
+    # The two branches are the two statuses of ACTIONS["cancel"].
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        cursor = db.conn.execute(
+            "update runs set status = 'cancelled', finished_at = ?, cancel_requested = 1 "
+            "where id = ? and status = 'queued'",
+            [now(), run_id],
+        )
+        if cursor.rowcount == 0:
+            cursor = db.conn.execute(
+                "update runs set cancel_requested = 1 where id = ? and status = 'running'",
+                [run_id],
+            )
+        if cursor.rowcount == 0:
+            _refuse(db, run_id, "cancel")
+
+
+def resume_run(db, run_id: int) -> None:
+    """Queue a failed or cancelled run again; the trainer continues from its checkpoint."""
+    _update_if_allowed(
+        db,
+        run_id,
+        "resume",
+        {
+            "status": "queued",
+            "resume_requested": 1,
+            "cancel_requested": 0,
+            "error": None,
+            "finished_at": None,
+        },
+    )
+
+
+def queue_rerun(db, run_id: int, user: str = "") -> int:
+    """Queue a new run with a run's config, name and tags. Returns the new run's id."""
     run = get_run(db, run_id)
     if run is None:
-        raise KeyError(run_id)
-    with db.conn:
-        if run["status"] == "queued":
-            # Nobody has it yet: cancelling is immediate.
-            db.conn.execute(
-                "update runs set status = 'cancelled', finished_at = ?, cancel_requested = 1 "
-                "where id = ? and status = 'queued'",
-                [now(), run_id],
-            )
-        else:
-            db.conn.execute("update runs set cancel_requested = 1 where id = ?", [run_id])
+        raise RunNotFound(run_id)
+    check_action(run, "rerun")
+    return create_run(db, run["config"], name=run["name"], user=user, tags=run["tags"])
 
 
 def cancel_requested(db, run_id: int) -> bool:
@@ -319,8 +453,15 @@ def cancel_requested(db, run_id: int) -> bool:
 
 
 def heartbeat(db, run_id: int) -> None:
+    """The trainer is alive (trainer only; claim_run sets the first beat of an attempt)."""
     with db.conn:
         db.conn.execute("update runs set heartbeat_at = ? where id = ?", [now(), run_id])
+
+
+def record_trainer_error(db, run_id: int, message: str) -> None:
+    """Why the trainer failed (trainer only); the worker copies it into `error` at the exit."""
+    with db.conn:
+        db.conn.execute("update runs set trainer_error = ? where id = ?", [message, run_id])
 
 
 def update_summary(db, run_id: int, **fields: Any) -> dict[str, Any]:
@@ -339,31 +480,30 @@ def update_summary(db, run_id: int, **fields: Any) -> dict[str, Any]:
 
 def set_tags(db, run_id: int, tags: Iterable[str]) -> None:
     clean = sorted({t.strip() for t in tags if t and t.strip()})
-    with db.conn:
-        db["runs"].update(run_id, {"tags": json.dumps(clean)})
+    _update_if_allowed(db, run_id, "edit", {"tags": json.dumps(clean)})
 
 
 def set_note(db, run_id: int, note: str) -> None:
-    with db.conn:
-        db["runs"].update(run_id, {"note": note})
+    _update_if_allowed(db, run_id, "edit", {"note": note})
 
 
 def rename_run(db, run_id: int, name: str) -> None:
-    with db.conn:
-        db["runs"].update(run_id, {"name": name})
+    _update_if_allowed(db, run_id, "edit", {"name": name})
 
 
 def delete_run(db, run_id: int) -> None:
     """Delete a run's rows and its folder. A running run must be cancelled first."""
-    run = get_run(db, run_id)
-    if run is None:
-        raise KeyError(run_id)
-    if run["status"] == "running":
-        raise ValueError(f"run {run_id} is running: cancel it before deleting")
+    allowed = ACTIONS["delete"]
     with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
         db.conn.execute("delete from metrics where run_id = ?", [run_id])
-        db.conn.execute("delete from runs where id = ?", [run_id])
-    shutil.rmtree(Path(db.home) / str(run_id), ignore_errors=True)
+        cursor = db.conn.execute(
+            f"delete from runs where id = ? and status in ({_marks(allowed)})",
+            [run_id, *allowed],
+        )
+        if cursor.rowcount == 0:
+            _refuse(db, run_id, "delete")  # rolls the metrics back too
+    shutil.rmtree(RunFolder(db.home, run_id).path, ignore_errors=True)
 
 
 def all_tags(db) -> list[str]:
@@ -371,6 +511,31 @@ def all_tags(db) -> list[str]:
         "select distinct value from runs, json_each(runs.tags) order by value"
     ).fetchall()
     return [r[0] for r in rows]
+
+
+# -- workers ------------------------------------------------------------------------------
+
+
+def beat_worker(db, name: str, host: str, pid: int) -> None:
+    """A worker says it serves this data directory (worker only; first beat adds its row)."""
+    stamp = now()
+    with db.conn:
+        db.conn.execute(
+            "insert into workers (name, host, pid, started_at, heartbeat_at) "
+            "values (?, ?, ?, ?, ?) "
+            "on conflict (name) do update set heartbeat_at = excluded.heartbeat_at",
+            [name, host, int(pid), stamp, stamp],
+        )
+
+
+def remove_worker(db, name: str) -> None:
+    """A worker that stops takes its row with it."""
+    with db.conn:
+        db.conn.execute("delete from workers where name = ?", [name])
+
+
+def list_workers(db) -> list[dict[str, Any]]:
+    return list(db.query("select * from workers order by started_at"))
 
 
 # -- metrics ------------------------------------------------------------------------------

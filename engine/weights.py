@@ -11,21 +11,19 @@ Files are read with safetensors or `torch.load(weights_only=True)`: never arbitr
 
 from __future__ import annotations
 
-import difflib
 import os
 import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from engine import config
+from engine import choices, store
+from engine.architectures import head_prefixes, model_family, reference_model
 
-# The models the form offers; `list_weights` always reports these.
-LISTED_MODELS = config.CLASSIFICATION_MODELS + config.DETECTION_MODELS
 WEIGHTS_DIR = "weights"
 STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 # timm has no ImageNet weights of its own for efficientnet_b7 (only an "untrained" tag); its TF
-# twin has the same tensors, and engine.models builds efficientnet_b7 the TF way to match them.
+# twin has the same tensors, and engine.architectures builds efficientnet_b7 the TF way to match.
 WEIGHT_SOURCES = {"efficientnet_b7": "tf_efficientnet_b7.ns_jft_in1k"}
 # Checkpoint wrappers seen in the wild: {"state_dict": ...} (Lightning, timm train), {"model": ...}.
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
@@ -40,48 +38,10 @@ class WeightsUnavailable(RuntimeError):
     """No pre-trained weights for a model on this machine; the message says how to get them."""
 
 
-# -- names ---------------------------------------------------------------------------------
-
-
-def model_family(name: str) -> str:
-    """ "torchvision" for the Faster R-CNN detectors, "timm" for any timm classifier name."""
-    if name in config.DETECTION_MODELS:
-        return "torchvision"
-    import timm
-
-    if isinstance(name, str) and timm.is_model(name):
-        try:
-            timm.get_pretrained_cfg(name)
-        except RuntimeError as exc:  # a known architecture with a wrong pretrained tag
-            raise ValueError(f"unknown model {name!r}: {exc}") from None
-        return "timm"
-    raise ValueError(unknown_model_message(name))
-
-
-def unknown_model_message(name: str) -> str:
-    import timm
-
-    text = str(name)
-    close = timm.list_models(f"*{text}*")[:8] if text.strip() else []
-    candidates = list(LISTED_MODELS) + timm.list_models()
-    for guess in difflib.get_close_matches(text, candidates, n=5, cutoff=0.6):
-        if guess not in close:
-            close.append(guess)
-    message = (
-        f"unknown model {name!r}: expected one of {', '.join(LISTED_MODELS)} "
-        "or another timm model name (timm.list_models())"
-    )
-    if close:
-        message += "; did you mean " + ", ".join(close) + "?"
-    return message
-
-
 # -- where weights are ----------------------------------------------------------------------
 
 
 def weights_dir(home: str | Path | None = None) -> Path:
-    from engine import store
-
     return store.home_dir(home) / WEIGHTS_DIR
 
 
@@ -104,8 +64,8 @@ def weights_status(model: str, home: str | Path | None = None) -> dict[str, Any]
 
 
 def list_weights(home: str | Path | None = None) -> list[dict[str, Any]]:
-    """Status of the listed models plus every imported file."""
-    names = list(LISTED_MODELS)
+    """Status of the models the tasks offer by name, plus every imported file."""
+    names = list(choices.listed_models())
     folder = weights_dir(home)
     if folder.is_dir():
         for file in sorted(folder.glob("*.safetensors")):
@@ -381,12 +341,10 @@ def import_weights(model: str, file: str | Path, home: str | Path | None = None)
     <home>/weights/<model>.safetensors; returns that path."""
     from safetensors.torch import save_file
 
-    from engine import models
-
     model_family(model)
     state_dict = read_state_dict(file)
-    reference = models.reference_model(model)
-    fitted = fit_state_dict(reference, state_dict, models.head_prefixes(reference), str(file))
+    reference = reference_model(model)
+    fitted = fit_state_dict(reference, state_dict, head_prefixes(reference), str(file))
     del reference
     target = imported_path(model, home)
     target.parent.mkdir(parents=True, exist_ok=True)

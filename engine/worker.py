@@ -7,7 +7,6 @@ left "running": it is marked failed with the reason and can be resumed.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -20,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine import store
+from engine.run_folder import LOG, RunFolder
 
 POLL_SECONDS = 1.0
 CANCEL_GRACE_SECONDS = 60.0  # a cancelled trainer stops at its next step; then it is killed
@@ -33,6 +33,10 @@ ENDINGS = {
     "cancelled": "cancelled",
     "failed": "failed",
 }
+# A worker beats every poll; one silent this long no longer serves (on another host the beat
+# is all we can check, so the limit is tighter).
+PULSE_SECONDS = 30.0
+OTHER_HOST_PULSE_SECONDS = 10.0
 STALE_SECONDS = float(os.environ.get("VISIONBOARD_STALE_SECONDS", 300))
 
 
@@ -138,11 +142,7 @@ class Worker:
 
     def announce(self) -> None:
         """Say that a worker serves this data directory (so `visionboard train` need not)."""
-        info = {"id": self.id, "pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}
-        path = self.home / "worker.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
-        tmp.replace(path)
+        store.beat_worker(self.db, self.id, socket.gethostname(), os.getpid())
 
     def free_gpus(self) -> list[int]:
         used = {g for job in self.jobs.values() for g in job.gpus}
@@ -184,10 +184,9 @@ class Worker:
             store.set_status(self.db, run["id"], "failed", error=reason)
 
     def launch(self, run: dict, gpus: list[int]) -> None:
-        folder = store.run_dir(run["id"], self.home)
-        (folder / "error.txt").unlink(missing_ok=True)
+        folder = RunFolder(self.home, run["id"]).create()
         cmd, env = launch_command(run, self.home, gpus, free_port())
-        log = open(folder / "train.log", "a", buffering=1)
+        log = open(folder.log, "a", buffering=1)
         log.write(f"--- {datetime.now(UTC).isoformat(timespec='seconds')} {' '.join(cmd)}\n")
         try:
             process = subprocess.Popen(
@@ -207,8 +206,7 @@ class Worker:
         devices = (
             ",".join(f"cuda:{g}" for g in gpus) or f"cpu x{run['config'].get('num_processes', 1)}"
         )
-        with self.db.conn:
-            self.db["runs"].update(run["id"], {"devices": devices})
+        store.set_devices(self.db, run["id"], devices)
         self.jobs[run["id"]] = Job(run["id"], process, gpus, log)
 
     def watch(self) -> None:
@@ -232,18 +230,17 @@ class Worker:
 
     def record_end(self, run_id: int, code: int) -> None:
         run = store.get_run(self.db, run_id)
-        error_file = self.home / str(run_id) / "error.txt"
         if run and run["cancel_requested"]:
             store.set_status(self.db, run_id, "cancelled")
         elif code == 0:
             store.set_status(self.db, run_id, "completed")
         else:
-            if error_file.exists():
-                error = error_file.read_text().strip()
+            if run and run.get("trainer_error"):
+                error = run["trainer_error"]
             elif code < 0:
                 error = f"trainer killed by signal {signal.Signals(-code).name}"
             else:
-                error = f"trainer exited with code {code}; see train.log"
+                error = f"trainer exited with code {code}; see {LOG}"
             store.set_status(self.db, run_id, "failed", error=error)
 
     # -- recovery ---------------------------------------------------------------------
@@ -264,12 +261,7 @@ class Worker:
             age = (now - datetime.fromisoformat(beat)).total_seconds() if beat else 1e9
             ended = ENDINGS.get(run["summary"].get("stop_reason"))
             if ended and (owner_dead or age > STALE_SECONDS):
-                error_file = self.home / str(run["id"]) / "error.txt"
-                error = (
-                    error_file.read_text().strip()
-                    if ended == "failed" and error_file.exists()
-                    else None
-                )
+                error = run.get("trainer_error") if ended == "failed" else None
                 store.set_status(self.db, run["id"], ended, error=error)
             elif owner_dead and age > ORPHAN_GRACE_SECONDS:
                 store.set_status(
@@ -301,6 +293,7 @@ class Worker:
                     self.db, run_id, "failed", error="the worker was stopped; resume it to continue"
                 )
         self.jobs.clear()
+        store.remove_worker(self.db, self.id)
 
 
 def kill_group(process: subprocess.Popen, sig: int) -> None:
@@ -310,13 +303,14 @@ def kill_group(process: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def worker_running(home: Path) -> bool:
-    """Whether a live worker serves this data directory."""
-    path = store.home_dir(home) / "worker.json"
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if info.get("host") != socket.gethostname():
-        return time.time() - info.get("at", 0) < 10
-    return pid_alive(int(info.get("pid", 0))) and time.time() - info.get("at", 0) < 30
+def worker_running(db) -> bool:
+    """Whether a live worker serves this database's data directory."""
+    host = socket.gethostname()
+    for worker in store.list_workers(db):
+        age = (datetime.now(UTC) - datetime.fromisoformat(worker["heartbeat_at"])).total_seconds()
+        # On this host a dead pid says more than a recent beat; elsewhere the beat is all.
+        if worker["host"] != host and age < OTHER_HOST_PULSE_SECONDS:
+            return True
+        if worker["host"] == host and age < PULSE_SECONDS and pid_alive(worker["pid"]):
+            return True
+    return False

@@ -1,6 +1,6 @@
 """Test data: small real digit datasets in every supported layout.
 
-Everything is drawn by engine.sample's helpers (the same pictures as the sample datasets), so
+Everything is drawn by engine.sample_datasets' helpers (the same pictures as the sample datasets), so
 these functions only lay files out. Detection sets write the SAME images and boxes in every
 format; `digits_boxes` returns them for comparison.
 """
@@ -13,9 +13,11 @@ from pathlib import Path
 
 import yaml
 
-from engine.sample import compose_canvases, digit_images, write_coco, write_imagefolder
+from engine.choices import formats_for
+from engine.sample_datasets import compose_canvases, digit_images, write_coco, write_imagefolder
 
-DETECTION_FORMATS = ("coco", "voc", "yolo", "csv")
+# Every registered detection format: a new one fails here until the factory writes it.
+DETECTION_FORMATS = formats_for("detection")
 
 
 def write_digits_imagefolder(

@@ -16,7 +16,7 @@ def test_resume_refuses_overrides_and_finished_runs(db, home, capsys):
     store.claim_run(db, "w")
     store.set_status(db, run_id, "completed")
     assert run_cli(home, "train", "--resume", str(run_id)) == 2
-    assert "only a failed or cancelled run resumes" in capsys.readouterr().err
+    assert "only a failed or cancelled run can be resumed" in capsys.readouterr().err
     assert run_cli(home, "train", "--resume", str(run_id), "--set", "epochs=3") == 2
     assert "own config" in capsys.readouterr().err
     assert run_cli(home, "train", "--resume", "99") == 2
@@ -31,7 +31,7 @@ def test_train_rejects_bad_config_unknown_model_and_missing_dataset(home, tmp_pa
     assert run_cli(home, "train", "--set", f"dataset={data}", "--set", "model=resnet_nope") == 2
     assert "model:" in capsys.readouterr().err
     assert run_cli(home, "train", "--set", "dataset=/no/such/folder", "--no-follow") == 2
-    assert "neither a path nor a registered dataset" in capsys.readouterr().err
+    assert "does not exist on this machine" in capsys.readouterr().err
     assert store.list_runs(store.connect(home)) == []  # nothing was queued
 
 
@@ -55,3 +55,19 @@ def test_runs_listing_and_show_json(db, home, capsys):
 def test_weights_commands_name_what_is_missing(home, capsys, args):
     assert run_cli(home, *args) == 2
     assert "needs" in capsys.readouterr().err
+
+
+def test_runs_cancel_and_delete_follow_the_stores_rules(db, home, capsys):
+    base = {"task": "classification", "model": "m", "dataset": "d"}
+    running = store.create_run(db, base)
+    store.claim_run(db, "w", run_id=running)
+    assert run_cli(home, "runs", "delete", str(running)) == 2
+    assert f"run {running} is running" in capsys.readouterr().err
+    assert run_cli(home, "runs", "cancel", str(running)) == 0
+    assert store.cancel_requested(db, running)
+    store.set_status(db, running, "cancelled")
+    # A finished run has nothing to cancel (the CLI used to set the flag anyway).
+    assert run_cli(home, "runs", "cancel", str(running)) == 2
+    assert "only a queued or running run can be cancelled" in capsys.readouterr().err
+    assert run_cli(home, "runs", "delete", str(running)) == 0
+    assert store.get_run(db, running) is None

@@ -193,11 +193,3 @@ def test_field_info_covers_every_key_with_group_and_help():
         "mixed_precision",
     ):
         assert info[key]["group"] and info[key]["help"], key
-
-
-def test_readme_documents_every_key():
-    from pathlib import Path
-
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    missing = [f["name"] for f in field_info() if f"`{f['name']}`" not in readme]
-    assert not missing, f"README config reference lacks {missing}"

@@ -521,15 +521,13 @@ def test_run_page_lines_up_only_the_actions_that_apply(home, db, dataset):
 def test_run_page_says_why_a_queued_run_waits(home, db, dataset):
     import os
     import socket
-    import time
 
     ahead = seed_run(db, dataset, status="running")
     run_id = seed_run(db, dataset, status="queued")
-    # No worker.json: nobody will ever start the run, and the page says how to start one.
+    # No worker beats: nobody will ever start the run, and the page says how to start one.
     at = open_page("run", query={"run": str(run_id)})
     assert any("no worker serves this data directory" in w.value for w in at.warning)
-    info = {"id": "w", "pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}
-    (home / "worker.json").write_text(json.dumps(info))
+    store.beat_worker(db, "w", socket.gethostname(), os.getpid())
     at = open_page("run", query={"run": str(run_id)})
     assert not at.warning
     assert any("Queued: 1 run(s) running or queued before it" in i.value for i in at.info)

@@ -22,7 +22,7 @@ from engine.data import (
 )
 from engine.data.images import probe_image
 from engine.data.splits import split_seeded
-from engine.sample import digit_image
+from engine.sample_datasets import digit_image
 
 # -- image folders --------------------------------------------------------------------------
 

@@ -97,7 +97,7 @@ def calibrate_batchnorm(detector):
 
 def write_images(folder, n=4):
     """n small pictures of different sizes (one in a subfolder), a broken .png and a text file."""
-    from engine.sample import digit_images
+    from engine.sample_datasets import digit_images
 
     folder = Path(folder)
     (folder / "sub").mkdir(parents=True, exist_ok=True)

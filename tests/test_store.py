@@ -66,9 +66,10 @@ def test_status_summary_cancel_and_requeue(db):
     store.set_status(db, run_id, "cancelled")
     run = store.get_run(db, run_id)
     assert run["status"] == "cancelled" and run["finished_at"]
-    store.requeue_run(db, run_id, resume=True)
+    store.resume_run(db, run_id)
     run = store.get_run(db, run_id)
     assert (run["status"], run["resume_requested"], run["cancel_requested"]) == ("queued", 1, 0)
+    assert run["finished_at"] is None
     with pytest.raises(ValueError, match="status 'done'"):
         store.set_status(db, run_id, "done")
 
@@ -127,7 +128,7 @@ def test_list_filters_tags_notes_delete(db, home):
     assert store.get_run(db, a) is None and not folder.exists()
     assert store.get_metrics(db, a) == []
     store.claim_run(db, "w")
-    with pytest.raises(ValueError, match="running"):
+    with pytest.raises(store.RunStateError, match="running"):
         store.delete_run(db, b)
 
 
@@ -187,3 +188,135 @@ def test_counts_queue_position_labels_and_filter_values(db):
     assert store.distinct_values(db, "model") == ["efficientnet_b0", "resnet18"]
     with pytest.raises(ValueError, match="expected one of model"):
         store.distinct_values(db, "config; drop table runs")
+
+
+# -- life-cycle -----------------------------------------------------------------------------
+
+
+def run_in(db, status):
+    """A run in `status`, got there the way the worker gets it there."""
+    run_id = store.create_run(db, config())
+    if status != "queued":
+        store.claim_run(db, "w", run_id=run_id)
+    if status in store.FINISHED:
+        store.set_status(db, run_id, status)
+    return run_id
+
+
+VERBS = {
+    "cancel": store.request_cancel,
+    "resume": store.resume_run,
+    "rerun": store.queue_rerun,
+    "edit": lambda db, run_id: store.set_note(db, run_id, "edited"),
+    "delete": store.delete_run,
+}
+
+
+def test_allowed_actions_per_status(db):
+    everywhere = {"rerun", "edit"}
+    expected = {
+        "queued": everywhere | {"cancel", "delete"},
+        "running": everywhere | {"cancel"},
+        "completed": everywhere | {"delete"},
+        "failed": everywhere | {"resume", "delete"},
+        "cancelled": everywhere | {"resume", "delete"},
+    }
+    for status, actions in expected.items():
+        assert store.allowed_actions(store.get_run(db, run_in(db, status))) == actions, status
+    assert set(VERBS) == set(store.ACTIONS)  # every action has a guarded verb
+
+
+@pytest.mark.parametrize(
+    ("action", "status"),
+    [
+        ("cancel", "completed"),
+        ("cancel", "failed"),
+        ("cancel", "cancelled"),
+        ("resume", "queued"),
+        ("resume", "running"),
+        ("resume", "completed"),
+        ("delete", "running"),
+    ],
+)
+def test_guarded_verbs_refuse_and_say_why(db, home, action, status):
+    run_id = run_in(db, status)
+    store.add_metrics(db, run_id, 1, 1, {"lr": 0.1})
+    (store.run_dir(run_id, home) / "train.log").write_text("log")
+    before = store.get_run(db, run_id)
+    with pytest.raises(store.RunStateError) as refused:
+        VERBS[action](db, run_id)
+    error = refused.value
+    assert (error.run_id, error.status, error.action) == (run_id, status, action)
+    assert error.allowed == store.ACTIONS[action] and status not in error.allowed
+    assert str(error).startswith(f"run {run_id} is {status}: only a ")
+    # Nothing was written: not the row, not the metrics, not the folder.
+    assert store.get_run(db, run_id) == before
+    assert len(store.get_metrics(db, run_id)) == 1
+    assert (store.run_dir(run_id, home) / "train.log").exists()
+
+
+def test_refusal_messages_name_the_rule(db):
+    completed = run_in(db, "completed")
+    with pytest.raises(store.RunStateError, match="only a failed or cancelled run can be resumed"):
+        store.resume_run(db, completed)
+    running = run_in(db, "running")
+    with pytest.raises(store.RunStateError, match="can be deleted; cancel it first"):
+        store.delete_run(db, running)
+    with pytest.raises(ValueError, match="action 'pause': expected one of cancel"):
+        store.action_rule("pause")
+
+
+@pytest.mark.parametrize("action", sorted(VERBS))
+def test_verbs_on_a_missing_run_say_it_is_not_found(db, action):
+    with pytest.raises(store.RunNotFound, match="run 99 not found"):
+        VERBS[action](db, 99)
+
+
+def test_cancel_of_a_running_run_asks_the_trainer(db):
+    run_id = run_in(db, "running")
+    store.request_cancel(db, run_id)
+    run = store.get_run(db, run_id)
+    assert (run["status"], run["cancel_requested"]) == ("running", 1)
+
+
+def test_rerun_queues_a_copy_and_edit_works_in_any_status(db):
+    for status in store.STATUSES:
+        run_id = run_in(db, status)
+        store.rename_run(db, run_id, f"was {status}")
+        store.set_tags(db, run_id, ["t"])
+        new_id = store.queue_rerun(db, run_id, user="bo")
+        copy = store.get_run(db, new_id)
+        assert (copy["status"], copy["name"], copy["tags"], copy["user"]) == (
+            "queued",
+            f"was {status}",
+            ["t"],
+            "bo",
+        )
+        assert copy["config"] == store.get_run(db, run_id)["config"]
+
+
+def test_trainer_error_is_its_own_column_and_each_attempt_starts_clean(db):
+    run_id = run_in(db, "running")
+    store.record_trainer_error(db, run_id, "RuntimeError: CUDA out of memory")
+    run = store.get_run(db, run_id)
+    assert run["trainer_error"] == "RuntimeError: CUDA out of memory"
+    assert run["error"] is None  # the worker copies it when it records the exit
+    store.set_status(db, run_id, "failed", error=run["trainer_error"])
+    store.resume_run(db, run_id)
+    claimed = store.claim_run(db, "w2")
+    assert claimed["trainer_error"] is None and claimed["error"] is None
+    assert claimed["heartbeat_at"] == claimed["started_at"]
+
+
+def test_workers_beat_and_leave(db):
+    store.beat_worker(db, "host:1", "host", 1)
+    first = store.list_workers(db)
+    assert [(w["name"], w["host"], w["pid"]) for w in first] == [("host:1", "host", 1)]
+    db.conn.execute("update workers set heartbeat_at = '2000-01-01T00:00:00+00:00'")
+    db.conn.commit()
+    store.beat_worker(db, "host:1", "host", 1)
+    again = store.list_workers(db)[0]
+    assert again["started_at"] == first[0]["started_at"]
+    assert again["heartbeat_at"] > "2000-01-01T00:00:00+00:00"  # the beat moved
+    store.remove_worker(db, "host:1")
+    assert store.list_workers(db) == []

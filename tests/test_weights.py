@@ -5,7 +5,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from engine import models, weights
+from engine import architectures, models, weights
 from engine.config import RunConfig
 
 DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"
@@ -137,7 +137,7 @@ def test_timm_hub_cache_is_used_offline(home, caches):
 
 def test_detector_weights_from_torchvision_cache_and_import(home, caches, tmp_path):
     torch.manual_seed(2)
-    coco = models.reference_model(DETECTOR).state_dict()  # the 91-class COCO layout
+    coco = architectures.reference_model(DETECTOR).state_dict()  # the 91-class COCO layout
     url = weights._torchvision_weights(DETECTOR).url
     cached = caches / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
     cached.parent.mkdir(parents=True)
@@ -146,18 +146,18 @@ def test_detector_weights_from_torchvision_cache_and_import(home, caches, tmp_pa
 
     cfg = make_cfg(task="detection", model=DETECTOR, min_size=64, max_size=64)
     model = models.create_model(cfg, 2)
-    assert_same(coco, model.state_dict(), skip=models.DETECTOR_HEAD)
+    assert_same(coco, model.state_dict(), skip=architectures.DETECTOR_HEAD)
     assert model.roi_heads.box_predictor.cls_score.out_features == 3
 
     # An imported file wins over the cache.
     torch.manual_seed(3)
-    other = models.reference_model(DETECTOR).state_dict()
+    other = architectures.reference_model(DETECTOR).state_dict()
     file = tmp_path / "detector.pt"
     torch.save(other, file)
     weights.import_weights(DETECTOR, file, home)
     assert weights.weights_status(DETECTOR, home)["source"] == "imported"
     model = models.create_model(cfg, 2)
-    assert_same(other, model.state_dict(), skip=models.DETECTOR_HEAD)
+    assert_same(other, model.state_dict(), skip=architectures.DETECTOR_HEAD)
 
 
 def test_list_weights_reports_listed_and_imported_models(home, caches, tmp_path):
@@ -183,7 +183,7 @@ def test_weights_status_rejects_unknown_names(home):
 def test_efficientnet_b7_weights_come_from_its_tf_twin(home, caches):
     # timm has no efficientnet_b7 weights; the message points at tf_efficientnet_b7's.
     assert "tf_efficientnet_b7" in weights.how_to_get("efficientnet_b7")
-    arch = models.ARCH_KWARGS["efficientnet_b7"]
+    arch = architectures.ARCH_KWARGS["efficientnet_b7"]
     assert arch == {"bn_eps": 1e-3, "pad_type": "same"}
 
 

@@ -3,7 +3,7 @@ import socket
 from types import SimpleNamespace
 
 from engine import store
-from engine.worker import Worker, launch_command
+from engine.worker import Worker, launch_command, worker_running
 
 
 def run_row(**cfg):
@@ -57,8 +57,10 @@ def test_recover_settles_runs_no_live_worker_watches(db, home):
     orphan_training = running(dead_worker)  # its trainer still beats: let it finish
     orphan_done = running(dead_worker, stop_reason="early stop")
     orphan_cancelled = running(dead_worker, stop_reason="cancelled")
+    orphan_failed = running(dead_worker, stop_reason="failed")
+    store.record_trainer_error(db, orphan_failed, "ValueError: no images")
     Worker(home).recover()
-    status = {i: store.get_run(db, i)["status"] for i in range(1, orphan_cancelled + 1)}
+    status = {i: store.get_run(db, i)["status"] for i in range(1, orphan_failed + 1)}
     assert status[silent] == "failed"
     assert "stopped; resume it" in store.get_run(db, silent)["error"]
     assert status[stale] == "failed"
@@ -66,6 +68,8 @@ def test_recover_settles_runs_no_live_worker_watches(db, home):
     assert status[mine] == status[orphan_training] == "running"
     assert status[orphan_done] == "completed"
     assert status[orphan_cancelled] == "cancelled"
+    assert status[orphan_failed] == "failed"
+    assert store.get_run(db, orphan_failed)["error"] == "ValueError: no images"
 
 
 def test_cuda_run_on_a_machine_without_gpu_fails_with_reason(db, home):
@@ -102,3 +106,40 @@ def test_gpu_runs_share_the_machine_when_they_fit(db, home, monkeypatch):
     store.request_cancel(db, three)
     assert not worker.start_next()
     assert "needs 8 GPUs" in store.get_run(db, too_big)["error"]
+
+
+def test_the_exit_takes_the_trainers_error_from_the_row(db, home):
+    worker = Worker(home)
+    base = {"task": "classification", "model": "m", "dataset": "d"}
+
+    def ended(code, trainer_error=None):
+        run_id = store.create_run(db, base)
+        store.claim_run(db, worker.id, run_id=run_id)
+        if trainer_error:
+            store.record_trainer_error(db, run_id, trainer_error)
+        worker.record_end(run_id, code)
+        return store.get_run(db, run_id)
+
+    failed = ended(1, "FileNotFoundError: /data/gone")
+    assert (failed["status"], failed["error"]) == ("failed", "FileNotFoundError: /data/gone")
+    assert ended(1)["error"] == "trainer exited with code 1; see train.log"
+    assert ended(-9)["error"] == "trainer killed by signal SIGKILL"
+    assert (ended(0)["status"], ended(0)["error"]) == ("completed", None)
+
+
+def test_liveness_is_a_row_per_worker(db, home):
+    assert not worker_running(db)
+    worker = Worker(home)
+    worker.announce()
+    assert [w["name"] for w in store.list_workers(db)] == [worker.id]
+    assert worker_running(db)
+    worker.shutdown()
+    assert store.list_workers(db) == [] and not worker_running(db)
+    here = socket.gethostname()
+    store.beat_worker(db, f"{here}:999999", here, 999999)  # a dead process on this host
+    assert not worker_running(db)
+    store.beat_worker(db, "elsewhere:1", "elsewhere", 1)  # another host: its beat is recent
+    assert worker_running(db)
+    db.conn.execute("update workers set heartbeat_at = '2000-01-01T00:00:00+00:00'")
+    db.conn.commit()
+    assert not worker_running(db)  # a silent worker elsewhere serves no more

@@ -11,8 +11,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import charts, state
-from engine import store
-from engine.config import MINIMIZED_METRICS
+from engine import choices, store
 
 state.page_setup()
 
@@ -161,7 +160,7 @@ if tests:
     st.plotly_chart(
         charts.parallel_coordinates(points, metric.removeprefix("test_")), key="compare_parallel"
     )
-    if metric.removeprefix("test_") in MINIMIZED_METRICS:
+    if choices.metric_mode(metric.removeprefix("test_")) == "min":
         st.caption("Lower is better for this metric.")
 else:
     st.caption("No test metrics recorded yet.")

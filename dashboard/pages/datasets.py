@@ -14,7 +14,7 @@ import streamlit as st
 
 from dashboard import charts, images, state
 from engine import store
-from engine.config import DATASET_FORMATS, TASKS
+from engine.choices import TASKS, format_names
 
 state.page_setup()
 
@@ -67,7 +67,7 @@ def draw_register_form() -> None:
                 format_func=lambda t: t or "auto (from the layout)",
                 help="What the dataset is for; detected from the layout when left on auto.",
             )
-            fmt = cols[1].selectbox("Format", list(DATASET_FORMATS), key="ds_format")
+            fmt = cols[1].selectbox("Format", list(format_names()), key="ds_format")
             submitted = st.form_submit_button("Register", type="primary")
         if submitted:
             path = path.strip()
@@ -111,9 +111,6 @@ def dataset_rows(datasets: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def draw_samples(dataset: dict[str, Any]) -> None:
     try:
         splits = state.load_splits(dataset["path"], dataset["task"], dataset["format"])
-    except ImportError:
-        st.info("Sample images need engine.data.")
-        return
     except Exception as exc:  # a dataset that broke since it was registered
         st.error(f"Cannot read {dataset['path']}: {exc}")
         return

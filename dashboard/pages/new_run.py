@@ -1,34 +1,22 @@
 """New run: a form over every config key, grouped as in engine.config.GROUPS.
 
 Widget keys are `cfg_<key>`. Submitting validates with RunConfig.from_dict (errors show
-beside their fields), checks that the dataset reads and that pre-trained weights are there,
-then queues the run with store.create_run and opens its page. The dashboard never trains.
+beside their fields), then runs engine.preflight.check_run (the model exists, the dataset reads,
+pre-trained weights are here: the same check as `visionboard train`), then queues the run with
+store.create_run and opens its page. The dashboard never trains.
 """
 
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from dashboard import state
-from engine import store
-from engine.config import (
-    CLASSIFICATION_FORMATS,
-    CLASSIFICATION_METRICS,
-    CLASSIFICATION_MODELS,
-    DEFAULT_METRIC,
-    DEFAULT_MODEL,
-    DETECTION_FORMATS,
-    DETECTION_METRICS,
-    DETECTION_MODELS,
-    GROUPS,
-    ConfigError,
-    RunConfig,
-    field_info,
-)
+from engine import choices, store
+from engine.config import GROUPS, ConfigError, RunConfig, field_info
+from engine.data import preview_augmentations
+from engine.preflight import check_run
 
 state.page_setup()
 
@@ -99,17 +87,16 @@ def with_key(info: dict[str, Any]) -> str:
 
 
 def models_for(task: str) -> list[str]:
-    if task == "detection":
-        return list(DETECTION_MODELS)
-    return [*CLASSIFICATION_MODELS, OTHER_MODEL]
+    info = choices.get_task(task)
+    return [*info.models, OTHER_MODEL] if info.any_timm_model else list(info.models)
 
 
 def metrics_for(task: str) -> list[str]:
-    return list(DETECTION_METRICS if task == "detection" else CLASSIFICATION_METRICS)
+    return list(choices.metrics_for(task))
 
 
 def formats_for(task: str) -> list[str]:
-    return ["auto", *(DETECTION_FORMATS if task == "detection" else CLASSIFICATION_FORMATS)]
+    return [choices.AUTO_FORMAT, *choices.formats_for(task)]
 
 
 def datasets() -> dict[str, dict]:
@@ -128,27 +115,32 @@ def init_state(registered: dict[str, dict]) -> None:
     ss.setdefault(KEY + "task", BY_NAME["task"]["default"])
     task = ss[KEY + "task"]
     if ss.get(KEY + "model") not in models_for(task):
-        ss[KEY + "model"] = DEFAULT_MODEL[task]
+        ss[KEY + "model"] = choices.get_task(task).default_model
     if ss.get(KEY + "metric") not in metrics_for(task):
-        ss[KEY + "metric"] = DEFAULT_METRIC[task]
+        ss[KEY + "metric"] = choices.get_task(task).default_metric
     if ss.get(KEY + "dataset_format") not in formats_for(task):
-        ss[KEY + "dataset_format"] = "auto"
+        ss[KEY + "dataset_format"] = choices.AUTO_FORMAT
     ss.setdefault(KEY + "model_other", "")
     ss.setdefault(KEY + "dataset_path", "")
     ss.setdefault(KEY + "tags", "")
-    choices = [*registered, OTHER_PATH]
-    if ss.get(KEY + "dataset_choice") not in choices:
+    options = [*registered, OTHER_PATH]
+    if ss.get(KEY + "dataset_choice") not in options:
         fitting = [n for n, d in registered.items() if d["task"] == task]
-        preferred = "digits" if "digits" in fitting else (fitting or choices)[0]
+        preferred = "digits" if "digits" in fitting else (fitting or options)[0]
         ss[KEY + "dataset_choice"] = preferred
+
+
+def use_task_defaults(task: str) -> None:
+    info = choices.get_task(task)
+    st.session_state[KEY + "model"] = info.default_model
+    st.session_state[KEY + "metric"] = info.default_metric
 
 
 def on_task_change() -> None:
     ss = st.session_state
     task = ss[KEY + "task"]
-    ss[KEY + "model"] = DEFAULT_MODEL[task]
-    ss[KEY + "metric"] = DEFAULT_METRIC[task]
-    ss[KEY + "dataset_format"] = "auto"
+    use_task_defaults(task)
+    ss[KEY + "dataset_format"] = choices.AUTO_FORMAT
     registered = datasets()
     chosen = registered.get(ss.get(KEY + "dataset_choice"))
     if chosen and chosen["task"] != task:
@@ -162,12 +154,13 @@ def on_dataset_change() -> None:
     chosen = datasets().get(ss[KEY + "dataset_choice"])
     if not chosen:
         return
-    if chosen["task"] in ("classification", "detection") and chosen["task"] != ss[KEY + "task"]:
+    if chosen["task"] in choices.TASKS and chosen["task"] != ss[KEY + "task"]:
         ss[KEY + "task"] = chosen["task"]
-        ss[KEY + "model"] = DEFAULT_MODEL[chosen["task"]]
-        ss[KEY + "metric"] = DEFAULT_METRIC[chosen["task"]]
+        use_task_defaults(chosen["task"])
     fmt = chosen.get("format")
-    ss[KEY + "dataset_format"] = fmt if fmt in formats_for(ss[KEY + "task"]) else "auto"
+    ss[KEY + "dataset_format"] = (
+        fmt if fmt in formats_for(ss[KEY + "task"]) else choices.AUTO_FORMAT
+    )
 
 
 def fill_from_run(run_id: int | None) -> None:
@@ -182,8 +175,8 @@ def fill_from_run(run_id: int | None) -> None:
     for name, value in config.items():
         if name in BY_NAME and name not in ("dataset", "model", "name"):
             ss[KEY + name] = widget_value(name, value)
-    task = config.get("task", "classification")
-    model = config.get("model") or DEFAULT_MODEL.get(task, "")
+    task = config.get("task", BY_NAME["task"]["default"])
+    model = config.get("model") or choices.get_task(task).default_model
     if model in models_for(task):
         ss[KEY + "model"] = model
     else:
@@ -248,51 +241,22 @@ def tags_value() -> list[str]:
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def weights_status(model: str, home: str) -> dict[str, Any] | None:
-    """engine.weights.weights_status, or None when that module is not there yet."""
-    try:
-        from engine.weights import weights_status as status
-    except ImportError:
-        return None
+def weights_status(model: str, home: str) -> dict[str, Any]:
+    """engine.weights.weights_status, cached: the form draws it on every change."""
+    from engine.weights import weights_status as status
+
     try:
         return status(model, home=home)
     except Exception as exc:  # an unknown name is the form's job to report, not a crash
         return {"model": model, "available": False, "source": None, "error": str(exc)}
 
 
-def check_dataset(cfg: RunConfig) -> str | None:
-    """Why the dataset cannot be used, or None when it reads."""
-    path = Path(store.resolve_dataset(state.get_db(), cfg.dataset)).expanduser()
-    if not path.exists():
-        return f"dataset: {path} does not exist on the server"
-    try:
-        from engine.data import inspect_dataset
-    except ImportError:
-        return None
-    info = inspect_dataset(
-        str(path), task=cfg.task, fmt=cfg.dataset_format, test_ratio=cfg.test_ratio, seed=cfg.seed
-    )
-    if info.get("error"):
-        return f"dataset: {info['error']}"
-    return None
-
-
 def check_custom_model() -> dict[str, str]:
-    """A typed timm name must be one timm knows (an empty one would fall back to the default)."""
-    if st.session_state.get(KEY + "model") != OTHER_MODEL:
+    """The "other timm name" box must not be empty: an empty name would fall back to the
+    default model (check_run then checks that timm knows a typed one)."""
+    if st.session_state.get(KEY + "model") != OTHER_MODEL or model_value():
         return {}
-    name = model_value()
-    if not name:
-        return {"model": "model: type a timm model name (e.g. resnet18), or pick one above"}
-    try:
-        import timm
-    except ImportError:
-        return {}
-    if timm.is_model(name):
-        return {}
-    close = difflib.get_close_matches(name, timm.list_models(), n=5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return {"model": f"model: timm has no model named {name!r}{hint}"}
+    return {"model": "model: type a timm model name (e.g. resnet18), or pick one above"}
 
 
 def submit() -> None:
@@ -306,17 +270,9 @@ def submit() -> None:
     except ConfigError as exc:
         ss[ERRORS] = {**exc.by_field(), **model_error}
         return
-    errors = dict(model_error)
-    problem = check_dataset(cfg)
-    if problem:
-        errors["dataset"] = problem
-    if cfg.pretrained:
-        status = weights_status(cfg.model_name, str(state.home()))
-        if status is not None and not status.get("available"):
-            errors["pretrained"] = (
-                f"pretrained: no pre-trained weights for {cfg.model_name} on this server. "
-                "Turn pretrained off to train from scratch, or import the weights first."
-            )
+    # The same check as `visionboard train`: both refuse the same runs before queueing.
+    errors = {p.field: str(p) for p in check_run(cfg, state.get_db())}
+    errors |= model_error
     if errors:
         ss[ERRORS] = errors
         return
@@ -428,9 +384,7 @@ def draw_weights_status() -> None:
     if not model:
         return
     status = weights_status(model, str(state.home()))
-    if status is None:
-        st.caption("Pre-trained weights: status unknown (engine.weights missing).")
-    elif status.get("available"):
+    if status.get("available"):
         st.caption(
             f":green[:material/check_circle:] Pre-trained weights for `{model}` are on this server ({status.get('source')})."
         )
@@ -468,13 +422,8 @@ def draw_preview(values: dict[str, Any]) -> None:
             return
         path = store.resolve_dataset(state.get_db(), cfg.dataset)
         try:
-            from engine.data import preview_augmentations
-
             splits = state.load_splits(path, cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
             images = preview_augmentations(splits, cfg, n=6, image_size=cfg.image_size or 128)
-        except ImportError:
-            st.info("The preview needs engine.data, which is not installed here.")
-            return
         except Exception as exc:  # a broken dataset is reported, not raised
             st.error(f"Cannot preview {path}: {exc}")
             return

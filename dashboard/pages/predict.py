@@ -19,7 +19,6 @@ from dashboard import images as pictures
 
 state.page_setup()
 
-MODEL_FILE = "model.safetensors"
 MAX_SERVER_IMAGES = 48  # a server folder can hold thousands: the CLI is for those
 MAX_HEATMAPS = 12  # Grad-CAM costs a backward pass per image on the dashboard's CPU
 PREDICT_BATCH = 8
@@ -30,9 +29,7 @@ UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"]
 def runs_with_model(db) -> dict[int, str]:
     """{id: label} of the runs that have a model file (completed, or stopped after an epoch)."""
     choices = state.run_choices(db)
-    return {
-        i: label for i, label in choices.items() if (state.run_folder(i) / MODEL_FILE).is_file()
-    }
+    return {i: label for i, label in choices.items() if state.run_folder(i).has_model()}
 
 
 @st.cache_resource(max_entries=3, show_spinner="Loading the model…")
@@ -45,7 +42,7 @@ def _load_predictor(run_id: int, home: str, mtime: float):
 
 def get_predictor(run_id: int):
     """The run's predictor, cached until its model file changes (a running run's new best)."""
-    path = state.run_folder(run_id) / MODEL_FILE
+    path = state.run_folder(run_id).model
     return _load_predictor(run_id, str(state.home()), path.stat().st_mtime)
 
 
@@ -215,7 +212,7 @@ except (ValueError, OSError) as exc:  # PredictError is a ValueError
     st.error(f"Cannot load the model of run {run_id}: {exc}")
     st.stop()
 draw_run_caption(predictor)
-model_key = f"{run_id}:{(state.run_folder(run_id) / MODEL_FILE).stat().st_mtime}"
+model_key = f"{run_id}:{state.run_folder(run_id).model.stat().st_mtime}"
 
 uploads = st.file_uploader(
     "Images", type=UPLOAD_TYPES, accept_multiple_files=True, key="predict_upload"

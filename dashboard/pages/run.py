@@ -13,6 +13,7 @@ import streamlit as st
 
 from dashboard import charts, images, state
 from engine import store
+from engine.choices import EXPORT_FORMATS as ALL_EXPORT_FORMATS
 
 state.page_setup()
 
@@ -30,20 +31,30 @@ GALLERY_SIZE = 12
 # -- actions (button callbacks) ------------------------------------------------------------
 
 
+# The buttons shown are store.allowed_actions(run); the run may have moved on since the page
+# was drawn, so a refusal is shown, not raised.
+
+
 def cancel(run_id: int) -> None:
-    store.request_cancel(state.get_db(), run_id)
+    try:
+        store.request_cancel(state.get_db(), run_id)
+    except (store.RunNotFound, store.RunStateError) as exc:
+        st.toast(str(exc))
 
 
 def resume(run_id: int) -> None:
-    store.requeue_run(state.get_db(), run_id, resume=True)
+    try:
+        store.resume_run(state.get_db(), run_id)
+    except (store.RunNotFound, store.RunStateError) as exc:
+        st.toast(str(exc))
 
 
 def rerun(run_id: int) -> None:
-    db = state.get_db()
-    run = store.get_run(db, run_id)
-    new_id = store.create_run(
-        db, run["config"], name=run["name"], user=state.current_user(), tags=run["tags"]
-    )
+    try:
+        new_id = store.queue_rerun(state.get_db(), run_id, user=state.current_user())
+    except (store.RunNotFound, store.RunStateError) as exc:
+        st.toast(str(exc))
+        return
     st.session_state["run_pick"] = new_id
     st.query_params["run"] = str(new_id)
 
@@ -155,7 +166,7 @@ def draw_queue_position(run: dict[str, Any]) -> None:
     """A queued run waits for a worker: say whether one is there and what is ahead."""
     from engine.worker import worker_running
 
-    if not worker_running(state.home()):
+    if not worker_running(state.get_db()):
         st.warning(
             "Queued, but no worker serves this data directory, so nothing will start it. "
             f"Start one with `visionboard worker --home {state.home()}` (or `visionboard "
@@ -172,9 +183,9 @@ def draw_queue_position(run: dict[str, Any]) -> None:
 
 
 def draw_log(run: dict[str, Any], expanded: bool) -> None:
-    path = state.run_folder(run["id"]) / "train.log"
+    path = state.run_folder(run["id"]).log
     tail = state.log_tail(path)
-    with st.expander("Log (last lines of train.log)", expanded=expanded):
+    with st.expander(f"Log (last lines of {path.name})", expanded=expanded):
         if tail:
             st.code(tail, language=None)
         else:
@@ -264,7 +275,7 @@ def draw_classification_report(run: dict[str, Any], preds: dict, path, mtime: fl
 
 
 def draw_detection_report(run: dict[str, Any], preds: dict, path, mtime: float) -> None:
-    card = state.read_json(state.run_folder(run["id"]) / "model.json") or {}
+    card = state.read_json(state.run_folder(run["id"]).card) or {}
     default_score = float(card.get("threshold") or 0.5)
     left, right = st.columns(2)
     iou = left.slider("IoU threshold", 0.1, 0.95, 0.5, 0.05, key="det_iou")
@@ -328,7 +339,7 @@ def draw_detection_report(run: dict[str, Any], preds: dict, path, mtime: float) 
 
 
 def draw_reports(run: dict[str, Any]) -> None:
-    path = state.run_folder(run["id"]) / "predictions.json"
+    path = state.run_folder(run["id"]).predictions
     preds = state.read_json(path)
     if not preds:
         return
@@ -339,13 +350,12 @@ def draw_reports(run: dict[str, Any]) -> None:
             draw_detection_report(run, preds, path, mtime)
         else:
             draw_classification_report(run, preds, path, mtime)
-    except ImportError as exc:
-        st.info(f"Reports need engine.evaluate: {exc}")
     except (KeyError, ValueError, TypeError) as exc:
         st.error(f"Cannot read {path}: {exc}")
 
 
-EXPORT_FORMATS = ("onnx", "torchscript")
+# The run folder holds model.safetensors already: offer it as a download, not an export.
+EXPORT_FORMATS = tuple(f.name for f in ALL_EXPORT_FORMATS.values() if not f.in_run_folder)
 
 
 def export_model(run_id: int) -> None:
@@ -364,7 +374,7 @@ def export_model(run_id: int) -> None:
 
 def draw_exports(run_id: int) -> None:
     folder = state.run_folder(run_id)
-    files = state.export_files(folder)
+    files = folder.downloads()
     if not files:
         return
     st.header("Export")
@@ -375,10 +385,10 @@ def draw_exports(run_id: int) -> None:
             f"{file.name} ({size:.1f} MB)",
             data=lambda f=file: f.read_bytes(),
             file_name=file.name,
-            key=f"download_{file.relative_to(folder)}",
+            key=f"download_{file.relative_to(folder.path)}",
             mime="application/json" if file.suffix == ".json" else "application/octet-stream",
         )
-    if not (folder / "model.safetensors").is_file():
+    if not folder.has_model():
         return
     left, right = st.columns([1, 3])
     left.selectbox("Format", EXPORT_FORMATS, key="export_format")
@@ -423,9 +433,8 @@ st.caption(
     + (f" · tags: {', '.join(run['tags'])}" if run["tags"] else "")
 )
 # Only the actions that apply, left-aligned (fixed slots left gaps where one did not apply).
-shown = ["cancel"] if run["status"] in ACTIVE else []
-shown += ["resume"] if run["status"] in ("failed", "cancelled") else []
-shown += ["rerun", "edit"]
+allowed = store.allowed_actions(run)
+shown = [a for a in ("cancel", "resume", "rerun", "edit") if a in allowed]
 slots = dict(zip(shown, st.columns([1] * len(shown) + [6 - len(shown)])))
 if "cancel" in slots:
     slots["cancel"].button(
@@ -444,14 +453,15 @@ if "resume" in slots:
         args=(run_id,),
         help="Queue it again; it continues from its last finished epoch.",
     )
-slots["rerun"].button(
-    "Re-run",
-    key="run_rerun",
-    on_click=rerun,
-    args=(run_id,),
-    help="Queue a new run with the same config.",
-)
-if slots["edit"].button("Edit and re-run", key="run_edit"):
+if "rerun" in slots:
+    slots["rerun"].button(
+        "Re-run",
+        key="run_rerun",
+        on_click=rerun,
+        args=(run_id,),
+        help="Queue a new run with the same config.",
+    )
+if "edit" in slots and slots["edit"].button("Edit and re-run", key="run_edit"):
     st.switch_page("pages/new_run.py", query_params={"from": run_id})
 st.segmented_control(
     "x axis",

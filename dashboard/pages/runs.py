@@ -14,7 +14,7 @@ import streamlit as st
 
 from dashboard import state
 from engine import store
-from engine.config import TASKS
+from engine.choices import TASKS
 
 state.page_setup()
 
@@ -45,43 +45,31 @@ def flash(message: str) -> None:
 def act(action: str) -> None:
     """Apply an action to the selected runs (a button callback, so the table is redrawn after)."""
     db = state.get_db()
+    verbs = {
+        "cancel": store.request_cancel,
+        "resume": store.resume_run,
+        "rerun": lambda db, run_id: store.queue_rerun(db, run_id, user=state.current_user()),
+        "delete": store.delete_run,
+    }
     done, skipped = [], []
     for run_id in selected_ids():
-        run = store.get_run(db, run_id)
-        if run is None:
-            continue
-        if action == "cancel":
-            if run["status"] in ("queued", "running"):
-                store.request_cancel(db, run_id)
-                done.append(run_id)
-            else:
-                skipped.append(run_id)
-        elif action == "resume":
-            if run["status"] in ("failed", "cancelled"):
-                store.requeue_run(db, run_id, resume=True)
-                done.append(run_id)
-            else:
-                skipped.append(run_id)
-        elif action == "rerun":
-            new_id = store.create_run(
-                db, run["config"], name=run["name"], user=state.current_user(), tags=run["tags"]
-            )
-            done.append(new_id)
-        elif action == "delete":
-            if run["status"] == "running":
-                skipped.append(run_id)
-            else:
-                store.delete_run(db, run_id)
-                done.append(run_id)
+        try:
+            new_id = verbs[action](db, run_id)
+        except store.RunNotFound:
+            continue  # deleted meanwhile
+        except store.RunStateError:
+            skipped.append(run_id)
+        else:
+            done.append(new_id if action == "rerun" else run_id)
     words = {
-        "cancel": ("Cancel requested for", "not queued or running"),
-        "resume": ("Queued again to resume:", "only failed or cancelled runs resume"),
-        "rerun": ("Queued new runs", ""),
-        "delete": ("Deleted", "running: cancel first"),
+        "cancel": "Cancel requested for",
+        "resume": "Queued again to resume:",
+        "rerun": "Queued new runs",
+        "delete": "Deleted",
     }[action]
-    message = f"{words[0]} {', '.join(f'#{i}' for i in done) or 'no run'}."
+    message = f"{words} {', '.join(f'#{i}' for i in done) or 'no run'}."
     if skipped:
-        message += f" Skipped {', '.join(f'#{i}' for i in skipped)} ({words[1]})."
+        message += f" Skipped {', '.join(f'#{i}' for i in skipped)} ({store.action_rule(action)})."
     flash(message)
     clear_selection()
 
@@ -90,10 +78,14 @@ def save_details(run_id: int) -> None:
     db = state.get_db()
     ss = st.session_state
     name = str(ss.get("runs_edit_name") or "").strip()
-    if name:
-        store.rename_run(db, run_id, name)
-    store.set_tags(db, run_id, str(ss.get("runs_edit_tags") or "").split(","))
-    store.set_note(db, run_id, str(ss.get("runs_edit_note") or ""))
+    try:
+        if name:
+            store.rename_run(db, run_id, name)
+        store.set_tags(db, run_id, str(ss.get("runs_edit_tags") or "").split(","))
+        store.set_note(db, run_id, str(ss.get("runs_edit_note") or ""))
+    except (store.RunNotFound, store.RunStateError) as exc:
+        flash(f"Not saved: {exc}.")
+        return
     flash(f"Saved the details of run #{run_id}.")
 
 

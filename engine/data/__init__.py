@@ -9,7 +9,7 @@ from engine.data.formats import FORMATS, detect_format, detect_task
 from engine.data.images import read_image
 from engine.data.inspect import inspect_dataset
 from engine.data.load import load_splits
-from engine.data.samples import ClassSample, DatasetSplits, DetSample
+from engine.data.records import ClassSample, DatasetSplits, DetSample
 
 _LAZY = {
     "ClassificationDataset": "engine.data.datasets",

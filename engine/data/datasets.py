@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
 from engine.data.images import read_image
-from engine.data.samples import ClassSample, DetSample
+from engine.data.records import ClassSample, DetSample
 
 
 class ClassificationDataset(Dataset):

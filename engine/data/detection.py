@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.data.errors import DatasetError, ImageError, Problems
 from engine.data.images import probe_images
-from engine.data.samples import DetSample
+from engine.data.records import DetSample
 from engine.data.tables import TRAIN_NAMES
 
 CLIP_TOLERANCE = 1e-3  # pixels: float noise at the image edge is not worth a problem line

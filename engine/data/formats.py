@@ -1,12 +1,14 @@
 """Which format a dataset is in, which task it serves, and the registry of readers.
 
-Readers are data (timm style): FORMATS[task][name] → reader(path, problems, columns).
+Readers are data (timm style): FORMATS[task][name] → reader(path, problems, columns), for
+exactly the formats engine.choices.DATASET_FORMATS registers for each task.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from engine import choices
 from engine.data.boxes_csv import find_annotation_column, looks_like_box_list, read_detection_csv
 from engine.data.classification import read_classification_csv, read_imagefolder
 from engine.data.coco import read_coco
@@ -25,8 +27,11 @@ FORMATS = {
         "csv": read_detection_csv,
     },
 }
-TASKS = tuple(FORMATS)
-ALL_FORMATS = ("imagefolder", "csv", "coco", "voc", "yolo")
+for _task in choices.TASKS:
+    choices.check_implemented(
+        f"{_task} dataset formats", choices.formats_for(_task), FORMATS[_task]
+    )
+choices.check_implemented("tasks with dataset readers", choices.TASKS, FORMATS)
 _COCO_KEYS = ('"images"', '"annotations"', '"categories"')
 
 
@@ -102,11 +107,11 @@ def detect_format(path: str | Path) -> str:
 
 
 def detect_task(path: str | Path, fmt: str) -> str:
-    """The task a dataset serves: a CSV with JSON box lists is detection."""
-    if fmt == "imagefolder":
-        return "classification"
-    if fmt in ("coco", "voc", "yolo"):
-        return "detection"
+    """The task a dataset serves: a format's only task, or for CSV, detection when it holds
+    JSON box lists."""
+    tasks = _format_info(fmt).tasks
+    if len(tasks) == 1:
+        return tasks[0]
     if fmt == "csv":
         csv_path = next(iter(find_csv_files(Path(path)).values()))
         header, rows = read_rows(csv_path)
@@ -116,17 +121,22 @@ def detect_task(path: str | Path, fmt: str) -> str:
             return "classification"
         values = [(row.get(column) or "").strip() for _, row in rows[:20]]
         return "detection" if any(looks_like_box_list(v) for v in values) else "classification"
-    raise DatasetError(f"unknown dataset format {fmt!r}; valid: auto, {', '.join(ALL_FORMATS)}")
+    raise DatasetError(f"dataset format {fmt!r} serves {', '.join(tasks)}: no rule tells which")
+
+
+def _format_info(fmt: str) -> choices.FormatInfo:
+    if fmt not in choices.DATASET_FORMATS:
+        valid = ", ".join(choices.format_names())
+        raise DatasetError(f"unknown dataset format {fmt!r}; valid: {valid}")
+    return choices.DATASET_FORMATS[fmt]
 
 
 def get_reader(task: str, fmt: str):
-    if task not in FORMATS:
-        raise DatasetError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-    if fmt not in FORMATS[task]:
-        if fmt in ALL_FORMATS:
-            other = next(t for t in TASKS if fmt in FORMATS[t])
-            raise DatasetError(
-                f"{fmt} is a {other} format; {task} reads {', '.join(FORMATS[task])}"
-            )
-        raise DatasetError(f"unknown dataset format {fmt!r}; valid: auto, {', '.join(ALL_FORMATS)}")
+    if task not in choices.TASKS:
+        raise DatasetError(f"unknown task {task!r}; valid: {', '.join(choices.TASKS)}")
+    info = _format_info(fmt)
+    if task not in info.tasks:
+        raise DatasetError(
+            f"{fmt} is a {' or '.join(info.tasks)} format; {task} reads {', '.join(FORMATS[task])}"
+        )
     return FORMATS[task][fmt]

@@ -9,7 +9,7 @@ from engine.data.detection import RawDetection, drop_unused_classes, to_samples
 from engine.data.errors import DatasetError, Problems
 from engine.data.formats import detect_format, get_reader
 from engine.data.images import probe_images
-from engine.data.samples import ClassSample, DatasetSplits
+from engine.data.records import ClassSample, DatasetSplits
 from engine.data.splits import detection_groups, split_seeded
 
 

@@ -8,7 +8,7 @@ from torchvision.transforms.v2 import functional as F
 
 from engine.data.errors import ImageError
 from engine.data.images import read_image
-from engine.data.samples import DatasetSplits
+from engine.data.records import DatasetSplits
 from engine.data.transforms import DetectionTransform, build_transform
 
 BOX_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",

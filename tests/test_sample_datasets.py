@@ -6,7 +6,12 @@ from PIL import Image
 
 from engine import store
 from engine.data import load_splits
-from engine.sample import CLASSIFICATION_NAME, DETECTION_NAME, compose_canvases, ensure_samples
+from engine.sample_datasets import (
+    CLASSIFICATION_NAME,
+    DETECTION_NAME,
+    compose_canvases,
+    ensure_samples,
+)
 
 
 def test_ensure_samples_writes_and_registers_both_datasets(db, home):

@@ -1,0 +1,121 @@
+"""The trainer's side of the run's row: metrics, progress, heartbeat, summary, and the cancel check.
+
+Only the main process writes. The processes meet every `interval` steps in ONE collective that
+carries the cancel flag and the next interval, so every process stops at the same step (no DDP
+deadlock) and none waits on another in between. The main process picks the interval from the
+measured step time, so a check (and a flush) comes about every FLUSH_SECONDS. Step losses stay
+on the device as detached tensors until a flush turns them into numbers in one host sync.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from accelerate.utils import broadcast
+
+from engine import store
+
+FLUSH_SECONDS = 2.0  # how often step metrics, heartbeat and the cancel flag travel
+
+
+class Cancelled(Exception):
+    """The run's cancel flag was seen; every process raises it at the same step."""
+
+
+def next_interval(seconds_per_step: float, flush_seconds: float = FLUSH_SECONDS) -> int:
+    """Steps until the next check, so that checks come about every `flush_seconds`."""
+    return max(1, int(flush_seconds / max(seconds_per_step, 1e-6)))
+
+
+class MetricLog:
+    def __init__(
+        self,
+        accelerator,
+        db,
+        run_id: int,
+        flush_seconds: float = FLUSH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.accelerator = accelerator
+        self.main = accelerator.is_main_process
+        self.db = db
+        self.run_id = run_id
+        self.flush_seconds = flush_seconds
+        self.clock = clock
+        self.pending: list[tuple[int, int, dict[str, Any]]] = []
+        self.progress: dict[str, int] = {}
+        self.interval = 1  # check after the first step: the step time is not known before it
+        self.steps_since_check = 0
+        self.last_check = self.last_flush = clock()
+
+    # -- metrics ------------------------------------------------------------------------
+    def record_step(self, step: int, epoch: int, values: dict[str, Any]) -> None:
+        """One optimizer step's values (floats or 0-d tensors); every process calls it each
+        step, as it counts towards the next check."""
+        if self.main:
+            self.pending.append((step, epoch, values))
+            # The summary's progress: `epoch` is the last finished one.
+            self.progress = {"epoch": epoch - 1, "step": step, "current_epoch": epoch}
+        self.steps_since_check += 1
+        if self.steps_since_check >= self.interval:
+            self.check()
+
+    def record_epoch(self, step: int, epoch: int, values: dict[str, Any]) -> None:
+        """An epoch's values, written at once; every process calls it at the epoch's end."""
+        if self.main:
+            self.pending.append((step, epoch, values))
+        self.check()
+
+    def summary(self, **fields: Any) -> None:
+        if self.main:
+            store.update_summary(self.db, self.run_id, **fields)
+
+    # -- travel -------------------------------------------------------------------------
+    def check(self) -> None:
+        """Flush, then learn whether to stop and when to check next: one collective."""
+        now = self.clock()
+        stop, interval = False, 1
+        if self.main:
+            self.flush()
+            stop = store.cancel_requested(self.db, self.run_id)
+            seconds_per_step = (now - self.last_check) / max(self.steps_since_check, 1)
+            interval = next_interval(seconds_per_step, self.flush_seconds)
+        if self.accelerator.num_processes > 1:
+            message = torch.tensor([float(stop), float(interval)], device=self.accelerator.device)
+            stop, interval = broadcast(message).tolist()
+        self.interval, self.steps_since_check, self.last_check = int(interval), 0, now
+        if stop:
+            raise Cancelled()
+
+    def beat(self) -> None:
+        """Heartbeat while evaluating, when due: main process only, no collective."""
+        if self.main and self.clock() - self.last_flush > self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows, the progress and the heartbeat (main process)."""
+        if not self.main:
+            return
+        self.last_flush = self.clock()
+        tensors = [v for _, _, values in self.pending for v in values.values() if _is_tensor(v)]
+        # The one host sync of a flush: every buffered step loss becomes a float at once.
+        numbers = iter(
+            torch.stack([t.detach().float().reshape(()) for t in tensors]).tolist()
+            if tensors
+            else []
+        )
+        for step, epoch, values in self.pending:
+            values = {k: next(numbers) if _is_tensor(v) else v for k, v in values.items()}
+            store.add_metrics(self.db, self.run_id, step, epoch, values)
+        self.pending.clear()
+        if self.progress:
+            store.update_summary(self.db, self.run_id, **self.progress)
+            self.progress = {}
+        store.heartbeat(self.db, self.run_id)
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor)

@@ -1,0 +1,85 @@
+"""The check before a run is queued: what a valid config cannot know on its own.
+
+RunConfig.validate checks each key against its allowed values. `check_run` checks the config
+against this machine: the model name is one timm or torchvision builds, the dataset exists and
+reads as the task (with its classes), and pre-trained weights are here when asked for (training
+never downloads). The New run form and `visionboard train` both call it, so they refuse the
+same runs, before anything is queued.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import store
+from engine.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a run cannot start: the config key at fault and what it should be."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def check_run(cfg: RunConfig, db) -> list[Problem]:
+    """Every problem that would stop `cfg` once queued; empty when it can run here.
+    `db` resolves registered dataset names; weights are looked for in its data directory."""
+    problems = [check_model(cfg), check_dataset(cfg, db)]
+    if problems[0] is None:  # weights are looked up by a model name that exists
+        problems.append(check_weights(cfg, db.home))
+    return [p for p in problems if p is not None]
+
+
+def check_model(cfg: RunConfig) -> Problem | None:
+    """A model name timm or torchvision builds (RunConfig.validate checks it fits the task)."""
+    from engine.architectures import model_family
+
+    try:
+        model_family(cfg.model_name)
+    except ValueError as exc:  # names the valid choices and the close matches
+        return Problem("model", str(exc))
+    return None
+
+
+def check_dataset(cfg: RunConfig, db) -> Problem | None:
+    """A dataset that exists and reads as cfg.task in cfg.dataset_format, with its classes."""
+    from engine.data import inspect_dataset
+
+    registered = store.get_dataset(db, cfg.dataset)
+    path = Path(registered["path"] if registered else cfg.dataset).expanduser()
+    if not path.exists():
+        if registered:
+            return Problem(
+                "dataset",
+                f"the registered dataset {cfg.dataset!r} is at {path}, which does not exist "
+                "any more: register it again from its new place, or pick another",
+            )
+        names = ", ".join(d["name"] for d in store.list_datasets(db)) or "none registered"
+        return Problem(
+            "dataset",
+            f"{cfg.dataset!r} does not exist on this machine and is not a registered dataset; "
+            f"expected a dataset folder or CSV file, or a registered name ({names})",
+        )
+    info = inspect_dataset(
+        str(path), task=cfg.task, fmt=cfg.dataset_format, test_ratio=cfg.test_ratio, seed=cfg.seed
+    )
+    if info.get("error"):
+        return Problem("dataset", info["error"])
+    return None
+
+
+def check_weights(cfg: RunConfig, home) -> Problem | None:
+    """Pre-trained weights on this machine when cfg.pretrained (the trainer never downloads)."""
+    if not cfg.pretrained:
+        return None
+    from engine import weights
+
+    if weights.weights_status(cfg.model_name, home=home)["available"]:
+        return None
+    return Problem("pretrained", weights.how_to_get(cfg.model_name))

@@ -1,0 +1,204 @@
+"""What differs between the tasks in training: data, one step's loss, and evaluation.
+
+One class per task of engine.choices.TASKS. A task builds the train and test loaders (each
+sample carries its index, so gathered predictions find their files), computes a batch's loss
+(with its parts, where the model reports them), and evaluates the test split into metrics and
+the predictions the run keeps. The trainer picks one with create_task(cfg.task, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from engine import choices, evaluate
+from engine.config import RunConfig
+from engine.data import (
+    ClassificationDataset,
+    DatasetSplits,
+    DetectionDataset,
+    DetectionTransform,
+    build_transform,
+    collate_detection,
+)
+
+
+class Indexed(Dataset):
+    """Adds the sample index, so gathered predictions can be matched to their files."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return (i, *self.dataset[i])
+
+
+class Task:
+    """The shared part: loaders. Subclasses give datasets, the step and the evaluation."""
+
+    collate = None  # the DataLoader's collate_fn; None is torch's default
+
+    def __init__(self, cfg: RunConfig, splits: DatasetSplits, model_input: dict[str, Any]):
+        self.cfg = cfg
+        self.splits = splits
+        self.classes = splits.classes
+        self.input = model_input
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        raise NotImplementedError
+
+    def loaders(self, num_processes: int) -> tuple[DataLoader, DataLoader]:
+        cfg = self.cfg
+        train_ds, test_ds = self.datasets()
+        common = {
+            "batch_size": cfg.batch_size,
+            "num_workers": cfg.num_workers,
+            "persistent_workers": cfg.num_workers > 0,
+            "pin_memory": torch.cuda.is_available() and cfg.device != "cpu",
+            "collate_fn": self.collate,
+        }
+        # A last batch of one image breaks BatchNorm in train mode; drop the remainder instead.
+        drop_last = len(train_ds) > cfg.batch_size * num_processes
+        train = DataLoader(Indexed(train_ds), shuffle=True, drop_last=drop_last, **common)
+        test = DataLoader(Indexed(test_ds), shuffle=False, **common)
+        return train, test
+
+    def train_step(self, model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """The batch's mean loss, its named parts, and the number of images."""
+        raise NotImplementedError
+
+    def evaluate(self, model, loader, accelerator, beat) -> tuple[dict, dict]:
+        """Metrics over the whole test split (gathered from every process) and the
+        predictions; `beat` keeps the heartbeat going between batches."""
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    def prepare_model(self, model):
+        if self.cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def datasets(self):
+        size, mean, std = self.input["image_size"], self.input["mean"], self.input["std"]
+        return (
+            ClassificationDataset(
+                self.splits.train, build_transform(self.cfg, True, size, mean, std)
+            ),
+            ClassificationDataset(
+                self.splits.test, build_transform(self.cfg, False, size, mean, std)
+            ),
+        )
+
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def train_step(self, model, batch):
+        _, images, labels = batch
+        loss = torch.nn.functional.cross_entropy(model(self._images(images)), labels)
+        return loss, {}, len(labels)
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, accelerator, beat):
+        model.eval()
+        indices, probs, targets, losses = [], [], [], []
+        for index, images, labels in loader:
+            with accelerator.autocast():
+                logits = model(self._images(images)).float()
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+            gathered = accelerator.gather_for_metrics(
+                (index.to(logits.device), logits.softmax(-1), labels, loss)
+            )
+            for bucket, value in zip((indices, probs, targets, losses), gathered):
+                bucket.append(value.cpu())
+            beat()
+        idx = torch.cat(indices).numpy()
+        p = torch.cat(probs).numpy().astype(np.float64)
+        t = torch.cat(targets).numpy()
+        metrics = evaluate.classification_metrics(p, t)
+        metrics["loss"] = float(torch.cat(losses).mean())
+        predictions = {
+            "task": "classification",
+            "classes": self.classes,
+            "paths": [self.splits.test[i][0] for i in idx],
+            "targets": t.tolist(),
+            "probs": np.round(p, 6).tolist(),
+        }
+        return metrics, predictions
+
+
+def collate_indexed_detection(batch):
+    images, targets = collate_detection([b[1:] for b in batch])
+    return [b[0] for b in batch], images, targets
+
+
+class DetectionTask(Task):
+    collate = staticmethod(collate_indexed_detection)
+
+    def datasets(self):
+        return (
+            DetectionDataset(self.splits.train, DetectionTransform(self.cfg, train=True)),
+            DetectionDataset(self.splits.test, DetectionTransform(self.cfg, train=False)),
+        )
+
+    def train_step(self, model, batch):
+        _, images, targets = batch
+        losses = model(images, targets)  # torchvision detectors return their loss parts
+        return sum(losses.values()), losses, len(images)
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, accelerator, beat):
+        model.eval()
+        records = []
+        for index, images, targets in loader:
+            with accelerator.autocast():
+                outputs = model(images)
+            for i, out, target in zip(index, outputs, targets):
+                records.append(
+                    {
+                        "index": int(i),
+                        "pred": {
+                            "boxes": out["boxes"].float().cpu().numpy().round(2).tolist(),
+                            "scores": out["scores"].float().cpu().numpy().round(5).tolist(),
+                            "labels": (out["labels"].cpu().numpy() - 1).tolist(),
+                        },
+                        "target": {
+                            "boxes": target["boxes"].cpu().numpy().tolist(),
+                            "labels": (target["labels"].cpu().numpy() - 1).tolist(),
+                        },
+                    }
+                )
+            beat()
+        records = accelerator.gather_for_metrics(records, use_gather_object=True)
+        # Padding of the last batch can repeat a sample on another process: keep one of each.
+        records = list({r["index"]: r for r in records}.values())
+        preds = [r["pred"] for r in records]
+        targets = [r["target"] for r in records]
+        metrics = evaluate.detection_metrics(preds, targets, len(self.classes))
+        predictions = {
+            "task": "detection",
+            "classes": self.classes,
+            "paths": [self.splits.test[r["index"]].path for r in records],
+            "targets": targets,
+            "preds": preds,
+        }
+        return metrics, predictions
+
+
+TASKS = {"classification": ClassificationTask, "detection": DetectionTask}
+choices.check_implemented("task", choices.TASKS, TASKS)
+
+
+def create_task(cfg: RunConfig, splits: DatasetSplits, model_input: dict[str, Any]) -> Task:
+    return TASKS[choices.get_task(cfg.task).name](cfg, splits, model_input)
