@@ -34,9 +34,12 @@ def cmd_serve(args) -> int:
     home = store.home_dir(args.home)
     ensure_samples(store.connect(home), home)
     env = dict(os.environ, VISIONBOARD_HOME=str(home))
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "--home", str(home), "worker"], env=env, cwd=ROOT
-    )
+
+    def start_worker() -> subprocess.Popen:
+        command = [sys.executable, "-m", "engine.cli", "--home", str(home), "worker"]
+        return subprocess.Popen(command, env=env, cwd=ROOT)
+
+    worker, worker_started = start_worker(), time.monotonic()
     app = subprocess.Popen(
         [
             sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
@@ -51,7 +54,18 @@ def cmd_serve(args) -> int:
     )
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops both, like Ctrl-C
     try:
-        while worker.poll() is None and app.poll() is None:
+        while app.poll() is None:
+            if worker.poll() is not None:
+                # The queue must keep a worker: start another (not faster than every 5 s, so a
+                # worker that dies at once does not spin), and say so.
+                time.sleep(max(0.0, 5.0 - (time.monotonic() - worker_started)))
+                code = worker.returncode
+                worker, worker_started = start_worker(), time.monotonic()
+                print(
+                    f"VisionBoard: the worker stopped (exit code {code}); started a new one "
+                    f"(pid {worker.pid})",
+                    flush=True,
+                )
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
@@ -78,6 +92,13 @@ def cmd_worker(args) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(f"worker {worker.id} serving {worker.home} ({len(worker.gpus)} GPU(s))", flush=True)
+    orphans = store.list_runs(worker.db, status="running")
+    for run in orphans:
+        if run["worker_gone"]:
+            print(
+                f"run {run['id']}: its worker ({run['worker']}) is gone; recording its end",
+                flush=True,
+            )
     worker.run(once=args.once)
     return 0
 
@@ -109,10 +130,11 @@ def cmd_train(args) -> int:
             cfg = load_config(args.config, args.set)
         except ConfigError as exc:
             return _fail(str(exc))
-        from engine.preflight import check_run
+        from engine.preflight import check_run, resolve_paths
         from engine.sample_datasets import ensure_samples
 
         ensure_samples(db, args.home)  # so `dataset = "digits"` works on a fresh install
+        cfg = resolve_paths(cfg, db)  # a relative path means this directory, not the worker's
         # The New run form's check: a run it would refuse is refused here, before queueing.
         problems = check_run(cfg, db)
         if problems:
@@ -134,16 +156,22 @@ def _user() -> str:
 
 
 def follow(db, run_id: int, home: Path) -> int:
-    """Show a run's progress until it ends; start a worker for it when none serves `home`."""
+    """Show a run's progress until it ends; start a worker for it when none would start it
+    (none serves the queue, or the one that did is gone while the run waits)."""
     from tqdm import tqdm
 
-    from engine.worker import Worker, worker_running
+    from engine.worker import Worker
 
     worker = thread = None
-    if not worker_running(db):
-        worker = Worker(home, only_run=run_id)
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
+
+    def start_worker_if_needed(run: dict) -> None:
+        nonlocal worker, thread
+        if thread is None and run["status"] == "queued" and not store.worker_running(db, run_id):
+            worker = Worker(home, only_run=run_id)
+            thread = threading.Thread(target=worker.run, daemon=True)
+            thread.start()
+
+    start_worker_if_needed(store.get_run(db, run_id))
     bar = tqdm(total=None, unit="step", dynamic_ncols=True)
     cancelling = False
     # A closed terminal or `kill` must cancel the run like Ctrl-C, not orphan its trainer.
@@ -152,14 +180,16 @@ def follow(db, run_id: int, home: Path) -> int:
     try:
         while True:
             try:
+                store.settle_run(db, run_id)  # a run whose worker is gone still gets its end
                 run = store.get_run(db, run_id)
+                start_worker_if_needed(run)
                 summary = run["summary"]
                 if summary.get("steps_per_epoch") and bar.total is None:
                     bar.total = summary["steps_per_epoch"] * summary.get("epochs", 1)
                     bar.refresh()
                 if summary.get("step") is not None:
                     bar.n = min(summary["step"], bar.total or summary["step"])
-                post = {"status": run["status"]}
+                post = {"status": store.status_label(run)}
                 if summary.get("current_epoch") or summary.get("epoch"):
                     post["epoch"] = (
                         f"{summary.get('current_epoch', summary.get('epoch'))}/{summary.get('epochs')}"
@@ -196,7 +226,7 @@ def follow(db, run_id: int, home: Path) -> int:
 
 def print_summary(run: dict) -> None:
     s = run["summary"]
-    print(f"run {run['id']} {run['status']}: {run['name']}")
+    print(f"run {run['id']} {store.status_label(run)}: {run['name']}")
     if run.get("error"):
         print(f"  error: {run['error']}")
     for key in (
@@ -218,6 +248,7 @@ def print_summary(run: dict) -> None:
 
 def cmd_runs(args) -> int:
     db = store.connect(args.home)
+    store.settle_orphans(db)  # whoever looks records the end of a run whose worker is gone
     action = args.action
     if action == "list":
         runs = store.list_runs(db, status=args.status)
@@ -228,7 +259,7 @@ def cmd_runs(args) -> int:
             ["id", "name", "status", "task", "model", "best", "epochs", "user", "created"],
             [
                 [
-                    r["id"], r["name"][:40], r["status"], r["task"], r["model"],
+                    r["id"], r["name"][:40], store.status_label(r), r["task"], r["model"],
                     _fmt(r["summary"].get("best_metric")),
                     f"{r['summary'].get('epochs_trained', 0)}/{r['config'].get('epochs')}",
                     r["user"], (r["created_at"] or "")[:16],
@@ -276,7 +307,11 @@ def _run_brief(run: dict) -> dict:
         "created_at",
         "finished_at",
     )
-    return {**{k: run[k] for k in keys}, "summary": run["summary"]}
+    return {
+        **{k: run[k] for k in keys},
+        "worker_gone": run["worker_gone"],
+        "summary": run["summary"],
+    }
 
 
 def _fmt(value) -> str:

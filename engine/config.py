@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,7 +277,8 @@ class RunConfig:
     num_processes: int = _key(
         1,
         "Devices",
-        "Training processes: one per GPU, or CPU processes. The worker hands a run free GPUs.",
+        "Training processes on each machine: one per GPU, or CPU processes. The worker hands a "
+        "run free GPUs.",
         minimum=1,
         maximum=1024,
     )
@@ -288,6 +290,44 @@ class RunConfig:
     )
     channels_last: bool = _key(
         True, "Devices", "Channels-last memory layout: faster convolutions on CPU and recent GPUs."
+    )
+    num_machines: int = _key(
+        1,
+        "Devices",
+        "Machines the run trains on at once. The worker starts the run on its host as "
+        "`machine_rank`; each other host joins with `python -m engine.launch --run-id N "
+        "--machine-rank R` (README: Several machines).",
+        minimum=1,
+        maximum=1024,
+    )
+    machine_rank: int = _key(
+        0,
+        "Devices",
+        "The rank of the machine whose worker launches the run; rank 0 holds the main process.",
+        minimum=0,
+        maximum=1023,
+    )
+    main_process_ip: str = _key(
+        "",
+        "Devices",
+        "Address of the rank-0 machine that every machine of the run can reach; needed when "
+        "num_machines > 1.",
+    )
+    main_process_port: int | None = _key(
+        None,
+        "Devices",
+        "Port on the rank-0 machine where the processes meet. Empty = a free port on one machine, "
+        "29500 across machines.",
+        minimum=1,
+        maximum=65535,
+        shown_default="a free port / 29500",
+    )
+    accelerate_config: str = _key(
+        "",
+        "Devices",
+        "An accelerate config file (made by `accelerate config`) that decides processes, "
+        "machines and addresses in place of the keys above; the form lists the files in "
+        "<data dir>/accelerate or $VISIONBOARD_ACCELERATE_CONFIGS. Empty = the worker's flags.",
     )
 
     # -- derived values -------------------------------------------------------------------
@@ -357,6 +397,11 @@ class RunConfig:
             meta = f.metadata
             if value is None:
                 continue
+            if isinstance(value, float) and not math.isfinite(value):
+                # nan slips past every comparison below and inf past a missing maximum; either
+                # would be queued and fail later, blaming another setting.
+                errors.append(FieldError(f.name, value, _finite_range(meta)))
+                continue
             if meta.get("choices") and value not in meta["choices"]:
                 errors.append(FieldError(f.name, value, "one of " + ", ".join(meta["choices"])))
             if meta.get("min") is not None and value < meta["min"]:
@@ -413,7 +458,51 @@ class RunConfig:
                     "mixed_precision", self.mixed_precision, "on cpu: " + " or ".join(on_cpu)
                 )
             )
+        errors += self._machine_errors()
         return errors
+
+    def _machine_errors(self) -> list[FieldError]:
+        """Keys that must agree across machines; an accelerate config file decides them alone."""
+        if self.accelerate_config:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            return [
+                FieldError(
+                    key,
+                    getattr(self, key),
+                    f"its default ({'empty' if defaults[key] in (None, '') else defaults[key]}) "
+                    "with accelerate_config: the file decides it",
+                )
+                for key in MACHINE_KEYS
+                if getattr(self, key) != defaults[key]
+            ]
+        errors = []
+        if self.machine_rank >= self.num_machines:
+            errors.append(
+                FieldError(
+                    "machine_rank",
+                    self.machine_rank,
+                    f"less than num_machines ({self.num_machines})",
+                )
+            )
+        if self.num_machines > 1 and not self.main_process_ip.strip():
+            errors.append(
+                FieldError(
+                    "main_process_ip",
+                    self.main_process_ip,
+                    "the rank-0 machine's address when num_machines > 1",
+                )
+            )
+        return errors
+
+
+# What a run's accelerate_config file decides in place of the run's own keys.
+MACHINE_KEYS = (
+    "num_processes",
+    "num_machines",
+    "machine_rank",
+    "main_process_ip",
+    "main_process_port",
+)
 
 
 @dataclass
@@ -472,6 +561,18 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError("a string")
     return value.strip()
+
+
+def _finite_range(meta) -> str:
+    """ "a finite number from 0.0 to 10.0" (or "of at least 0.0", …) from a key's bounds."""
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and high is not None:
+        return f"a finite number from {low} to {high}"
+    if low is not None:
+        return f"a finite number of at least {low}"
+    if high is not None:
+        return f"a finite number of at most {high}"
+    return "a finite number"
 
 
 def _expected(kind: str) -> str:

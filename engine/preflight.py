@@ -4,16 +4,20 @@ RunConfig.validate checks each key against its allowed values. `check_run` check
 against this machine: the model name is one timm or torchvision builds, the dataset exists and
 reads as the task (with its classes), and pre-trained weights are here when asked for (training
 never downloads). The New run form and `visionboard train` both call it, so they refuse the
-same runs, before anything is queued.
+same runs, before anything is queued; both first call `resolve_paths`, so the path checked is
+the absolute one the run's config stores and the trainer reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine import store
 from engine.config import RunConfig
+from engine.launch import check_launch, gpu_count, resolve_accelerate_config
 
 
 @dataclass(frozen=True)
@@ -27,12 +31,31 @@ class Problem:
         return f"{self.field}: {self.message}"
 
 
+def resolve_paths(cfg: RunConfig, db) -> RunConfig:
+    """`cfg` with a dataset path made absolute against this process's working directory, as
+    stored in the run's config at submit: the trainer runs in another directory, so a relative
+    path checked here would be read from somewhere else there. Registered names stay names."""
+    # A bare accelerate config name is one of the folder the form lists.
+    cfg = dataclasses.replace(
+        cfg, accelerate_config=resolve_accelerate_config(cfg.accelerate_config, db.home)
+    )
+    if not cfg.dataset.strip() or store.get_dataset(db, cfg.dataset):
+        return cfg
+    return dataclasses.replace(cfg, dataset=absolute_path(cfg.dataset))
+
+
+def absolute_path(path: str) -> str:
+    # abspath, not resolve: the path keeps the user's symlinks, only `~`, `.` and `..` go.
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def check_run(cfg: RunConfig, db) -> list[Problem]:
     """Every problem that would stop `cfg` once queued; empty when it can run here.
     `db` resolves registered dataset names; weights are looked for in its data directory."""
     problems = [check_model(cfg), check_dataset(cfg, db)]
     if problems[0] is None:  # weights are looked up by a model name that exists
         problems.append(check_weights(cfg, db.home))
+    problems.append(check_devices(cfg, db.home))
     return [p for p in problems if p is not None]
 
 
@@ -52,7 +75,8 @@ def check_dataset(cfg: RunConfig, db) -> Problem | None:
     from engine.data import inspect_dataset
 
     registered = store.get_dataset(db, cfg.dataset)
-    path = Path(registered["path"] if registered else cfg.dataset).expanduser()
+    # The resolution resolve_paths applies at submit, so an unresolved cfg is checked alike.
+    path = Path(registered["path"]).expanduser() if registered else Path(absolute_path(cfg.dataset))
     if not path.exists():
         if registered:
             return Problem(
@@ -83,3 +107,10 @@ def check_weights(cfg: RunConfig, home) -> Problem | None:
     if weights.weights_status(cfg.model_name, home=home)["available"]:
         return None
     return Problem("pretrained", weights.how_to_get(cfg.model_name))
+
+
+def check_devices(cfg: RunConfig, home) -> Problem | None:
+    """A mixed precision this machine's device can do (device=auto without a GPU is the CPU),
+    and an accelerate config file that exists and reads."""
+    problem = check_launch(cfg.to_dict(), gpu_count(), home)
+    return Problem(problem.field, str(problem)) if problem else None

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import DataLoader, Dataset
 
 from engine import choices, evaluate
@@ -26,17 +27,45 @@ from engine.data import (
 )
 
 
-class Indexed(Dataset):
-    """Adds the sample index, so gathered predictions can be matched to their files."""
+def dataloader_config(cfg: RunConfig) -> DataLoaderConfiguration:
+    """accelerate's loader settings that Task.start_epoch relies on: a seedable sampler, so the
+    shuffle of epoch e is seeded with seed + e."""
+    return DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed)
 
-    def __init__(self, dataset):
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation in one epoch."""
+    return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1, np.uint64)[0])
+
+
+class Indexed(Dataset):
+    """Adds the sample index, so gathered predictions can be matched to their files.
+
+    With a seed (the train split), each sample's random augmentation is drawn from its own
+    seed, sample_seed(seed, epoch, index): the same whichever process or loader worker reads
+    it, and the same after a resume, as no random stream is carried from epoch to epoch. The
+    epoch sits in shared memory, so persistent loader workers see each set_epoch.
+    """
+
+    def __init__(self, dataset, seed: int | None = None):
         self.dataset = dataset
+        self.seed = seed
+        self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.fill_(epoch)
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
-        return (i, *self.dataset[i])
+        if self.seed is None:
+            return (i, *self.dataset[i])
+        # Augmentation draws from torch's RNG only (engine.data.transforms); forking it keeps
+        # the process's own stream (dropout's, with num_workers=0) untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, int(self.epoch), i))
+            return (i, *self.dataset[i])
 
 
 class Task:
@@ -60,6 +89,9 @@ class Task:
         cfg = self.cfg
         train_ds, test_ds = self.datasets()
         common = {
+            # Not the global RNG: the loader draws its workers' base seed when its workers
+            # start (each epoch, or once when persistent), which would move dropout's stream.
+            "generator": torch.Generator().manual_seed(cfg.seed),
             "batch_size": cfg.batch_size,
             "num_workers": cfg.num_workers,
             "persistent_workers": cfg.num_workers > 0,
@@ -68,9 +100,17 @@ class Task:
         }
         # A last batch of one image breaks BatchNorm in train mode; drop the remainder instead.
         drop_last = len(train_ds) > cfg.batch_size * num_processes
-        train = DataLoader(Indexed(train_ds), shuffle=True, drop_last=drop_last, **common)
+        self.train_set = Indexed(train_ds, seed=cfg.seed)
+        train = DataLoader(self.train_set, shuffle=True, drop_last=drop_last, **common)
         test = DataLoader(Indexed(test_ds), shuffle=False, **common)
         return train, test
+
+    def start_epoch(self, train_loader, epoch: int) -> None:
+        """Seed the epoch's shuffle and augmentation from the epoch's number, not from how many
+        epochs this process has run, so a resumed run draws what the uninterrupted one drew.
+        `train_loader` is the one accelerate prepared with dataloader_config(cfg)."""
+        train_loader.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
 
     def train_step(self, model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         """The batch's mean loss, its named parts, and the number of images."""

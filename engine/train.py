@@ -18,19 +18,20 @@ import traceback
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
 
-from engine import store
+from engine import disk, store
 from engine.best_model import is_number, model_card, save_best_model
 from engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from engine.config import RunConfig
 from engine.data import load_splits
 from engine.early_stopping import EarlyStopping
+from engine.launch import trains_on_cpu
 from engine.metric_log import Cancelled, MetricLog
 from engine.models import count_parameters, create_model, model_input
 from engine.optim import create_optimizer, create_schedule
 from engine.run_folder import RunFolder
-from engine.tasks import create_task
+from engine.tasks import create_task, dataloader_config
 
 
 class Trainer:
@@ -44,9 +45,11 @@ class Trainer:
         self.folder = RunFolder(self.home, run_id).create()
         self.cfg = RunConfig.from_dict(run["config"])
         self.accelerator = Accelerator(
-            cpu=self.cfg.device == "cpu",
+            # device=auto without a GPU is the CPU (else each process of a --multi_gpu launch
+            # would train alone); the worker also says so with ACCELERATE_USE_CPU.
+            cpu=trains_on_cpu(self.cfg.device, torch.cuda.device_count()),
             mixed_precision=self.cfg.mixed_precision,
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            dataloader_config=dataloader_config(self.cfg),
         )
         self.main = self.accelerator.is_main_process
         self.metric_log = MetricLog(self.accelerator, self.db, run_id)
@@ -132,9 +135,13 @@ class Trainer:
                 card = model_card(
                     self.run_id, self.cfg, self.task.classes, self.task.input, test_metrics, epoch
                 )
+                # A full disk stops the run here, with room left to record why (engine.disk).
+                disk.require_space(self.folder.path, disk.model_bytes(self.model))
                 save_best_model(self.accelerator, self.model, self.folder, card, predictions)
             values |= {f"test_{k}": v for k, v in test_metrics.items() if is_number(v)}
             self.metric_log.record_epoch(self.state.step, epoch, values)
+            needed = disk.checkpoint_bytes(self.model, self.optimizer)
+            disk.require_space(self.folder.path, needed)
             save_checkpoint(self.accelerator, self.folder, self.state, self.schedule)
             per_epoch = (time.monotonic() - started) / (epoch - first_epoch + 1)
             images = len(self.train_loader) * self.cfg.batch_size * self.accelerator.num_processes
@@ -168,6 +175,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
+        self.task.start_epoch(self.train_loader, epoch)
         device = self.accelerator.device
         count = torch.zeros(1, device=device)
         sums: dict[str, torch.Tensor] = {}  # loss and its parts, summed over images
@@ -213,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         reason, code = "failed", 1
         if trainer is None or trainer.main:
             db = trainer.db if trainer else store.connect(store.home_dir(args.home))
-            store.record_trainer_error(db, args.run_id, f"{type(exc).__name__}: {exc}")
+            where = trainer.folder.path if trainer else store.home_dir(args.home)
+            message = disk.disk_full_message(exc, where) or f"{type(exc).__name__}: {exc}"
+            store.record_trainer_error(db, args.run_id, message)
     if trainer is not None:
         trainer.metric_log.flush()
         trainer.metric_log.summary(stop_reason=reason)

@@ -1,8 +1,13 @@
 """The queue: claim queued runs, launch each with `accelerate launch`, watch, record the end.
 
 On GPU machines a run gets as many free GPUs as it has processes and several runs go at once
-when they fit; on CPU one run trains at a time. A run whose trainer or worker died is never
-left "running": it is marked failed with the reason and can be resumed.
+when they fit; on CPU one run trains at a time. A run ends in a true status whatever dies:
+- the trainer or its launcher: the worker stops what is left of the launcher's process group
+  (one trainer per run) and records the exit, with the trainer's error when it left one;
+- the worker itself: its runs are orphans that anyone settles (store.settle_run), this worker
+  once restarted included;
+- the disk: the worker lives on through a full disk, retrying the status writes it could not
+  make, and a run it cannot start says "disk full" with the space free.
 """
 
 from __future__ import annotations
@@ -18,84 +23,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine import store
+from engine import disk, store
+from engine.launch import LaunchError, free_port, gpu_count, gpus_needed, launch_command
 from engine.run_folder import LOG, RunFolder
 
 POLL_SECONDS = 1.0
 CANCEL_GRACE_SECONDS = 60.0  # a cancelled trainer stops at its next step; then it is killed
-RECOVER_SECONDS = 30.0  # how often other workers' runs are checked for a pulse
-# A trainer whose worker died keeps training and beating: give it time to finish on its own.
-ORPHAN_GRACE_SECONDS = 120.0
-# The trainer's stop_reason → the status the worker records when it never saw the exit.
-ENDINGS = {
-    "epoch limit": "completed",
-    "early stop": "completed",
-    "cancelled": "cancelled",
-    "failed": "failed",
-}
-# A worker beats every poll; one silent this long no longer serves (on another host the beat
-# is all we can check, so the limit is tighter).
-PULSE_SECONDS = 30.0
-OTHER_HOST_PULSE_SECONDS = 10.0
-STALE_SECONDS = float(os.environ.get("VISIONBOARD_STALE_SECONDS", 300))
+RECOVER_SECONDS = 10.0  # how often orphaned runs (other workers' and ours) are settled
+LAUNCHER_GRACE_SECONDS = 10.0  # a launcher gone: what it left gets SIGTERM, then SIGKILL
 
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def gpu_count() -> int:
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
-        return 0
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:
-        return 0
-
-
-def launch_command(run: dict, home: Path, gpus: list[int], port: int) -> tuple[list[str], dict]:
-    """The `accelerate launch` command line and environment for a run."""
-    cfg = run["config"]
-    procs = int(cfg.get("num_processes", 1))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1"]
-    cmd += ["--num_processes", str(procs), "--mixed_precision", cfg.get("mixed_precision", "no")]
-    cmd += ["--dynamo_backend", "no", "--main_process_port", str(port)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", VISIONBOARD_HOME=str(home))
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
-        cmd += ["--gpu_ids", ",".join(str(i) for i in range(len(gpus)))]
-        if procs > 1:
-            cmd.append("--multi_gpu")
-    elif procs > 1:
-        # `--cpu --num_processes N` silently starts one process; `--multi_gpu` without a GPU
-        # starts N real DDP processes on gloo.
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        cmd.append("--multi_gpu")
-    else:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        cmd.append("--cpu")
-    cmd += ["-m", "engine.train", "--run-id", str(run["id"]), "--home", str(home)]
-    if run.get("resume_requested"):
-        cmd.append("--resume")
-    return cmd, env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -113,6 +52,8 @@ class Worker:
     only_run: int | None = None  # `visionboard train` starts a worker for its run alone
     poll: float = POLL_SECONDS
     jobs: dict[int, Job] = field(default_factory=dict)
+    # Run endings not yet written (a full disk): run id -> (status, error), retried each poll.
+    endings: dict[int, tuple[str, str | None]] = field(default_factory=dict)
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self):
@@ -123,26 +64,41 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------------------
     def run(self, once: bool = False) -> None:
-        """Work until stopped (or, with `once`/only_run, until the queue has nothing for us)."""
-        last_recover = time.monotonic()
-        self.recover()
+        """Work until stopped (or, with `once`/only_run, until the queue has nothing for us).
+        A full disk stops no worker: what could not be written is tried again at the next poll."""
+        last_recover = None
         try:
             while not self.stop_event.is_set():
-                if time.monotonic() - last_recover > RECOVER_SECONDS:
-                    last_recover = time.monotonic()
-                    self.recover()
-                self.announce()
-                self.watch()
-                started = self.start_next()
-                if (once or self.only_run is not None) and not self.jobs and not started:
+                try:
+                    self.announce()  # first: a run we hold must never look orphaned
+                    if last_recover is None or time.monotonic() - last_recover > RECOVER_SECONDS:
+                        self.recover()
+                        last_recover = time.monotonic()
+                    self.watch()
+                    started = self.start_next()
+                except Exception as exc:
+                    if not disk.is_disk_full(exc):
+                        raise
+                    self.warn(f"cannot write ({exc}); trying again")
+                    self.stop_event.wait(self.poll)
+                    continue
+                idle = not self.jobs and not self.endings and not started
+                if (once or self.only_run is not None) and idle:
                     break
                 self.stop_event.wait(self.poll)
         finally:
             self.shutdown()
 
+    def warn(self, message: str) -> None:
+        """A problem the worker lives through, said once (not at every poll)."""
+        if message != getattr(self, "last_warning", None):
+            self.last_warning = message
+            print(f"worker {self.id}: {message}", file=sys.stderr, flush=True)
+
     def announce(self) -> None:
-        """Say that a worker serves this data directory (so `visionboard train` need not)."""
-        store.beat_worker(self.db, self.id, socket.gethostname(), os.getpid())
+        """Say that this worker serves the data directory's queue, or only its one run (so a
+        `visionboard train` knows whether its run will start without a worker of its own)."""
+        store.beat_worker(self.db, self.id, socket.gethostname(), os.getpid(), self.only_run)
 
     def free_gpus(self) -> list[int]:
         used = {g for job in self.jobs.values() for g in job.gpus}
@@ -158,20 +114,15 @@ class Worker:
         if not queued:
             return False
         run = queued[0]
-        cfg = run["config"]
-        procs = int(cfg.get("num_processes", 1))
-        gpus: list[int] = []
-        if self.gpus and cfg.get("device", "auto") != "cpu":
-            if procs > len(self.gpus):
-                self.fail_unclaimed(run, f"needs {procs} GPUs; this machine has {len(self.gpus)}")
-                return False
-            free = self.free_gpus()
-            if len(free) < procs:
-                return False  # wait until enough GPUs are free
-            gpus = free[:procs]
-        elif cfg.get("device") == "cuda":
-            self.fail_unclaimed(run, "device=cuda but the worker sees no GPU")
+        try:
+            needed = gpus_needed(run["config"], len(self.gpus))
+        except LaunchError as exc:
+            self.fail_unclaimed(run, str(exc))
             return False
+        free = self.free_gpus()
+        if len(free) < needed:
+            return False  # wait until enough GPUs are free
+        gpus = free[:needed]
         claimed = store.claim_run(self.db, self.id, run_id=run["id"])
         if claimed is None:
             return False  # another worker took it
@@ -181,13 +132,23 @@ class Worker:
     def fail_unclaimed(self, run: dict, reason: str) -> None:
         claimed = store.claim_run(self.db, self.id, run_id=run["id"])
         if claimed:
-            store.set_status(self.db, run["id"], "failed", error=reason)
+            self.finish(run["id"], "failed", reason)
 
     def launch(self, run: dict, gpus: list[int]) -> None:
-        folder = RunFolder(self.home, run["id"]).create()
+        folder = RunFolder(self.home, run["id"])
         cmd, env = launch_command(run, self.home, gpus, free_port())
-        log = open(folder.log, "a", buffering=1)
-        log.write(f"--- {datetime.now(UTC).isoformat(timespec='seconds')} {' '.join(cmd)}\n")
+        log = None
+        try:
+            # With less than the reserve free, no run starts: it would die mid-epoch.
+            disk.require_space(folder.create().path, 0)
+            log = open(folder.log, "a", buffering=1)
+            log.write(f"--- {datetime.now(UTC).isoformat(timespec='seconds')} {' '.join(cmd)}\n")
+        except OSError as exc:
+            if log is not None:
+                log.close()
+            reason = disk.disk_full_message(exc, folder.path) or f"could not write {LOG}: {exc}"
+            self.finish(run["id"], "failed", reason)
+            return
         try:
             process = subprocess.Popen(
                 cmd,
@@ -199,15 +160,14 @@ class Worker:
             )
         except OSError as exc:
             log.close()
-            store.set_status(
-                self.db, run["id"], "failed", error=f"could not start the trainer: {exc}"
-            )
+            self.finish(run["id"], "failed", f"could not start the trainer: {exc}")
             return
+        # Watched from now on, even if the next write meets a full disk.
+        self.jobs[run["id"]] = Job(run["id"], process, gpus, log)
         devices = (
             ",".join(f"cuda:{g}" for g in gpus) or f"cpu x{run['config'].get('num_processes', 1)}"
         )
-        store.set_devices(self.db, run["id"], devices)
-        self.jobs[run["id"]] = Job(run["id"], process, gpus, log)
+        store.record_launch(self.db, run["id"], devices, process.pid, socket.gethostname())
 
     def watch(self) -> None:
         for run_id, job in list(self.jobs.items()):
@@ -215,9 +175,13 @@ class Worker:
             if code is None:
                 self.forward_cancel(job)
                 continue
+            # The launcher is gone: a trainer it leaves behind must not train on unwatched,
+            # nor beside the next attempt. Its process group is the launcher's pid.
+            store.stop_group(job.process.pid, LAUNCHER_GRACE_SECONDS)
             job.log.close()
             del self.jobs[run_id]
             self.record_end(run_id, code)
+        self.write_endings()
 
     def forward_cancel(self, job: Job) -> None:
         """The trainer stops itself on cancel; one that does not answer is killed."""
@@ -229,11 +193,12 @@ class Worker:
             kill_group(job.process, signal.SIGKILL)
 
     def record_end(self, run_id: int, code: int) -> None:
+        """The launcher's exit code (its whole group stopped) -> the run's status and error."""
         run = store.get_run(self.db, run_id)
         if run and run["cancel_requested"]:
-            store.set_status(self.db, run_id, "cancelled")
+            self.finish(run_id, "cancelled")
         elif code == 0:
-            store.set_status(self.db, run_id, "completed")
+            self.finish(run_id, "completed")
         else:
             if run and run.get("trainer_error"):
                 error = run["trainer_error"]
@@ -241,38 +206,31 @@ class Worker:
                 error = f"trainer killed by signal {signal.Signals(-code).name}"
             else:
                 error = f"trainer exited with code {code}; see {LOG}"
-            store.set_status(self.db, run_id, "failed", error=error)
+                error += disk.disk_full_note(RunFolder(self.home, run_id).path)
+            self.finish(run_id, "failed", error)
+
+    def finish(self, run_id: int, status: str, error: str | None = None) -> None:
+        """Record a run's end; its trainer's process group is gone, so the row forgets it."""
+        self.endings[run_id] = (status, error)
+        self.write_endings()
+
+    def write_endings(self) -> None:
+        """Write the endings not written yet; on a full disk keep them for the next poll."""
+        for run_id, (status, error) in list(self.endings.items()):
+            try:
+                store.set_status(self.db, run_id, status, error=error, trainer_pid=None)
+            except Exception as exc:
+                if not disk.is_disk_full(exc):
+                    raise
+                self.warn(f"cannot record that run {run_id} {status} ({exc}); trying again")
+                return
+            del self.endings[run_id]
 
     # -- recovery ---------------------------------------------------------------------
     def recover(self) -> None:
-        """Settle runs that no live worker watches: a trainer that finished on its own gets
-        its ending recorded; one that stopped beating is marked failed (it can be resumed)."""
-        host = socket.gethostname()
-        now = datetime.now(UTC)
-        for run in store.list_runs(self.db, status="running"):
-            owner = run.get("worker") or ""
-            if owner == self.id:
-                continue
-            owner_host, _, owner_pid = owner.rpartition(":")
-            owner_dead = (
-                owner_host == host and owner_pid.isdigit() and not pid_alive(int(owner_pid))
-            )
-            beat = run.get("heartbeat_at") or run.get("started_at")
-            age = (now - datetime.fromisoformat(beat)).total_seconds() if beat else 1e9
-            ended = ENDINGS.get(run["summary"].get("stop_reason"))
-            if ended and (owner_dead or age > STALE_SECONDS):
-                error = run.get("trainer_error") if ended == "failed" else None
-                store.set_status(self.db, run["id"], ended, error=error)
-            elif owner_dead and age > ORPHAN_GRACE_SECONDS:
-                store.set_status(
-                    self.db, run["id"], "failed",
-                    error=f"the worker that ran it ({owner}) stopped; resume it to continue",
-                )  # fmt: skip
-            elif age > STALE_SECONDS:
-                store.set_status(
-                    self.db, run["id"], "failed",
-                    error=f"no heartbeat for {age:.0f} s; resume it to continue",
-                )  # fmt: skip
+        """Settle the runs no live worker holds (store.settle_orphans): a trainer that
+        finished on its own gets its ending recorded, a gone one why it stopped."""
+        store.settle_orphans(self.db)
 
     def shutdown(self) -> None:
         """Stopping the worker cancels what it runs, so no run is left 'running'."""
@@ -285,15 +243,28 @@ class Worker:
             except subprocess.TimeoutExpired:
                 kill_group(job.process, signal.SIGKILL)
                 job.process.wait()
+            store.stop_group(job.process.pid, 5.0)  # what the launcher left behind
             job.log.close()
-            if store.cancel_requested(self.db, run_id):
-                store.set_status(self.db, run_id, "cancelled")
+            try:
+                cancelled = store.cancel_requested(self.db, run_id)
+            except Exception as exc:
+                if not disk.is_disk_full(exc):
+                    raise
+                cancelled = False
+            if cancelled:
+                self.endings[run_id] = ("cancelled", None)
             else:
-                store.set_status(
-                    self.db, run_id, "failed", error="the worker was stopped; resume it to continue"
-                )
+                error = "the worker was stopped; resume it to continue"
+                self.endings[run_id] = ("failed", error)
         self.jobs.clear()
-        store.remove_worker(self.db, self.id)
+        try:
+            self.write_endings()
+            store.remove_worker(self.db, self.id)
+        except Exception as exc:
+            if not disk.is_disk_full(exc):
+                raise
+            # Left running with our row silent: any later look settles them (store.settle_run).
+            self.warn(f"stopped without recording every run's end ({exc})")
 
 
 def kill_group(process: subprocess.Popen, sig: int) -> None:
@@ -301,16 +272,3 @@ def kill_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def worker_running(db) -> bool:
-    """Whether a live worker serves this database's data directory."""
-    host = socket.gethostname()
-    for worker in store.list_workers(db):
-        age = (datetime.now(UTC) - datetime.fromisoformat(worker["heartbeat_at"])).total_seconds()
-        # On this host a dead pid says more than a recent beat; elsewhere the beat is all.
-        if worker["host"] != host and age < OTHER_HOST_PULSE_SECONDS:
-            return True
-        if worker["host"] == host and age < PULSE_SECONDS and pid_alive(worker["pid"]):
-            return True
-    return False

@@ -1,12 +1,20 @@
 """Checkpoints: save and load with the trainer state, and a swap that survives a kill."""
 
 import json
+import random
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
 
-from engine.checkpoint import TRAINER_STATE, TrainState, load_checkpoint, save_checkpoint
+from engine.checkpoint import (
+    TRAINER_STATE,
+    CheckpointError,
+    TrainState,
+    load_checkpoint,
+    save_checkpoint,
+)
 from engine.run_folder import RunFolder
 
 
@@ -79,3 +87,29 @@ def test_a_kill_mid_save_or_before_the_clean_up_loads_the_newest_whole_one(train
     save_checkpoint(accelerator, folder, TrainState(epoch=3), Schedule())
     assert saved_epoch(folder.checkpoint) == 3
     assert not folder.checkpoint_old.exists() and not folder.checkpoint_new.exists()
+
+
+def draws():
+    return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_a_load_restores_every_random_state(trainer):
+    # Dropout, detector sampling and anything else drawing from these continue where the
+    # checkpoint left them: the resumed run draws what the uninterrupted one drew.
+    accelerator, _, folder = trainer
+    save_checkpoint(accelerator, folder, TrainState(epoch=1), Schedule())
+    expected = draws()
+    draws()
+    load_checkpoint(accelerator, folder, Schedule())
+    assert draws() == expected
+
+
+def test_random_states_accelerate_could_not_restore_are_refused(trainer):
+    # accelerate only logs when it cannot restore them; a resume must not go on silently.
+    accelerator, _, folder = trainer
+    save_checkpoint(accelerator, folder, TrainState(epoch=1), Schedule())
+    states = folder.checkpoint / "random_states_0.pkl"
+    assert states.exists()
+    states.write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match="random_states_0.pkl"):
+        load_checkpoint(accelerator, folder, Schedule())

@@ -139,6 +139,47 @@ def test_toml_json_and_overrides(tmp_path):
     assert load_config(js).task == "detection"
 
 
+FLOAT_KEYS = [f["name"] for f in field_info() if f["type"].startswith("float")]
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_nan_and_inf_are_refused_for_every_float_key(key, text):
+    # nan compares false with every bound, so it passed the range check and failed later.
+    errors = errors_of({"dataset": "d", key: text})
+    assert list(errors) == [key]
+    assert errors[key].startswith(f"{key}: got {text}, expected a finite number")
+    assert errors_of({"dataset": "d", key: float(text)}) == errors  # the form's float
+
+
+def test_nan_and_inf_name_the_field_and_its_range_from_set_toml_and_json(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["dataset=d", "lr=nan", "weight_decay=inf"])
+    assert info.value.by_field() == {
+        "lr": "lr: got nan, expected a finite number from 0.0 to 10.0",
+        "weight_decay": "weight_decay: got inf, expected a finite number of at least 0.0",
+    }
+    toml = tmp_path / "run.toml"
+    toml.write_text('dataset = "d"\nlr = nan\nweight_decay = inf\nmomentum = -inf\n')
+    with pytest.raises(ConfigError) as from_toml:
+        load_config(toml)
+    assert from_toml.value.by_field() == {
+        **info.value.by_field(),
+        "momentum": "momentum: got -inf, expected a finite number from 0.0 to 1.0",
+    }
+    js = tmp_path / "run.json"
+    js.write_text('{"dataset": "d", "lr": NaN, "weight_decay": Infinity}')
+    with pytest.raises(ConfigError) as from_json:
+        load_config(js)
+    assert from_json.value.by_field() == info.value.by_field()
+    # A whole-number key given inf or nan is refused as not a whole number, as before.
+    toml.write_text('dataset = "d"\nepochs = inf\nbatch_size = nan\n')
+    with pytest.raises(ConfigError) as ints:
+        load_config(toml)
+    assert set(ints.value.by_field()) == {"epochs", "batch_size"}
+    assert "expected a whole number" in ints.value.by_field()["epochs"]
+
+
 def test_broken_files_name_the_file_and_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"dataset": "x",\n "lr": }')

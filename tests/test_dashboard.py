@@ -6,6 +6,8 @@ the worker and trainer would.
 """
 
 import json
+import os
+import socket
 from io import BytesIO
 from pathlib import Path
 
@@ -96,7 +98,9 @@ def seed_run(db, dataset, status="completed", epochs=3, steps=4, user="alice", t
         metric=cfg["metric"],
         eta_seconds=30,
     )
-    if status != "running":
+    if status == "running":  # held by a live worker (this process) started for it alone
+        store.beat_worker(db, "worker-1", socket.gethostname(), os.getpid(), run_id=run_id)
+    else:
         store.set_status(
             db, run_id, status, error="CUDA out of memory" if status == "failed" else None
         )
@@ -534,6 +538,29 @@ def test_run_page_says_why_a_queued_run_waits(home, db, dataset):
     store.set_status(db, ahead, "completed")
     at = open_page("run", query={"run": str(run_id)})
     assert any("starts it in a moment" in i.value for i in at.info)
+
+
+def test_run_page_and_table_say_when_a_runs_worker_is_gone(home, db, dataset):
+    run_id = seed_run(db, dataset, status="running")
+    store.update_summary(db, run_id, stop_reason=None)  # its trainer still trains
+    db.conn.execute("update workers set heartbeat_at = '2000-01-01T00:00:00+00:00'")
+    db.conn.commit()  # its worker went silent
+    at = open_page("run", query={"run": str(run_id)})
+    assert "running, worker gone" in at.subheader[0].value
+    assert any("worker that ran it (worker-1) is gone" in w.value for w in at.warning)
+    assert at.button(key="run_cancel") and at.button(key="run_resume")
+    at.button(key="run_resume").click().run()  # refused: its trainer still beats
+    assert "trainer is still running" in at.toast[0].value
+    assert store.get_run(db, run_id)["status"] == "running"
+    at = open_page("runs")
+    assert list(table(at, "runs_table")["status"]) == ["running (worker gone)"]
+    # Its trainer falls silent too: the page that looks records why the run stopped.
+    db.conn.execute("update runs set heartbeat_at = '2000-01-01T00:00:00+00:00'")
+    db.conn.commit()
+    at = open_page("run", query={"run": str(run_id)})
+    run = store.get_run(db, run_id)
+    assert run["status"] == "failed" and "worker (worker-1) stopped" in run["error"]
+    assert any("worker (worker-1) stopped" in e.value for e in at.error)
 
 
 def test_run_page_failed_run_shows_the_error(home, db, dataset):

@@ -139,3 +139,62 @@ def test_form_and_cli_refuse_the_same_runs_alike(home, db, no_weights, capsys, m
     assert "nothing queued" in cli_err
     assert any("Nothing was queued" in m for m in form_errors)
     assert store.list_runs(db) == []
+
+
+# -- a dataset path is made absolute once, at submit --------------------------------------------
+
+
+def test_resolve_paths_makes_a_path_absolute_and_keeps_registered_names(
+    db, tiny, home, monkeypatch
+):
+    from engine.preflight import resolve_paths
+
+    monkeypatch.chdir(home)
+    assert resolve_paths(config(dataset="data/tiny"), db).dataset == str(tiny)
+    assert resolve_paths(config(dataset="./data/../data/tiny"), db).dataset == str(tiny)
+    assert resolve_paths(config(dataset="tiny"), db).dataset == "tiny"  # registered
+    assert resolve_paths(config(dataset=str(tiny)), db).dataset == str(tiny)
+    # The check resolves alike: from elsewhere the same relative path is not there.
+    assert check_run(config(dataset="data/tiny"), db) == []
+    monkeypatch.chdir(home / "data")
+    problems = by_field(check_run(config(dataset="data/tiny"), db))
+    assert "'data/tiny' does not exist" in problems["dataset"]
+
+
+def test_a_relative_path_given_to_train_is_read_from_where_it_was_given(
+    db, home, tmp_path, monkeypatch, capsys
+):
+    """`data/tiny` was checked against the CLI's directory and read from the trainer's."""
+    from engine import train
+
+    monkeypatch.setenv("VISIONBOARD_SAMPLES", "0")
+    project = tmp_path / "project"
+    data = write_digits_imagefolder(project / "data" / "tiny", per_class=4, classes=range(3))
+    monkeypatch.chdir(project)
+    sets = ["dataset=data/tiny", "model=efficientnet_b0", "pretrained=false", "image_size=32"]
+    sets += ["epochs=1", "batch_size=4", "num_workers=0", "device=cpu", "metric=accuracy"]
+    args = [a for item in sets for a in ("--set", item)]
+    assert cli.main(["--home", str(home), "train", *args, "--no-follow"]) == 0
+    (run,) = store.list_runs(db)
+    assert run["config"]["dataset"] == run["dataset"] == str(data)
+    # The trainer runs in another directory (the worker's): it reads the same folder.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert train.main(["--run-id", str(run["id"]), "--home", str(home)]) == 0
+    assert store.get_run(db, run["id"])["summary"]["epochs_trained"] == 1
+
+
+def test_the_form_stores_a_relative_path_as_absolute(db, tiny, home, monkeypatch):
+    monkeypatch.chdir(home)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("pages/new_run.py").run()
+    at.selectbox(key="cfg_dataset_choice").set_value(OTHER_PATH).run()
+    at.text_input(key="cfg_dataset_path").set_value("data/tiny")
+    at.selectbox(key="cfg_model").set_value("efficientnet_b0").run()
+    at.checkbox(key="cfg_pretrained").set_value(False)
+    at.button(key="queue_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (run,) = store.list_runs(db)
+    assert run["config"]["dataset"] == str(tiny)

@@ -1,3 +1,5 @@
+import os
+import socket
 import sqlite3
 import threading
 
@@ -197,6 +199,8 @@ def run_in(db, status):
     """A run in `status`, got there the way the worker gets it there."""
     run_id = store.create_run(db, config())
     if status != "queued":
+        # A worker beats before it claims (a running run without a live worker is orphaned).
+        store.beat_worker(db, "w", socket.gethostname(), os.getpid())
         store.claim_run(db, "w", run_id=run_id)
     if status in store.FINISHED:
         store.set_status(db, run_id, status)

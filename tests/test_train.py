@@ -118,6 +118,57 @@ def test_a_requested_cancel_stops_at_the_first_check(home, digits):
     assert [m["step"] for m in store.get_metrics(db, run_id, ["lr"])] == [1]
 
 
+AUGMENTED = {
+    "augment_color": True, "augment_hflip": True, "augment_rotation": 15.0, "augment_crop": True,
+}  # fmt: skip
+
+
+def epoch_metrics(db, run_id, epochs) -> dict:
+    """Every metric row of these epochs (step and epoch values alike), keyed by name and step."""
+    return {
+        (m["name"], m["step"]): m["value"]
+        for m in store.get_metrics(db, run_id)
+        if m["epoch"] in epochs
+    }
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_cancelled_and_resumed_run_gives_the_uninterrupted_runs_metrics(
+    home, digits, monkeypatch, workers
+):
+    # Shuffle and augmentation (in the loader's workers too) are random: a resume must draw
+    # what the uninterrupted run drew, not start them over.
+    keys = {**AUGMENTED, "epochs": 3, "early_stopping": False, "num_workers": workers}
+    db = store.connect(home)
+    whole = queue(home, digits, **keys)
+    assert train_here(home, whole) == 0
+
+    run_id = queue(home, digits, **keys)
+    store.claim_run(db, "test", run_id=run_id)
+    save_checkpoint = train.save_checkpoint
+
+    def cancel_after_epoch_1(accelerator, folder, state, schedule):
+        save_checkpoint(accelerator, folder, state, schedule)
+        if state.epoch == 1:  # the user cancels while epoch 2 is under way
+            store.request_cancel(db, run_id)
+
+    monkeypatch.setattr(train, "save_checkpoint", cancel_after_epoch_1)
+    assert train_here(home, run_id) == 0
+    assert store.get_run(db, run_id)["summary"]["stop_reason"] == "cancelled"
+    assert _checkpoint_epoch(RunFolder(home, run_id).checkpoint / "trainer.json") == 1
+    monkeypatch.setattr(train, "save_checkpoint", save_checkpoint)
+    store.set_status(db, run_id, "cancelled")  # what the worker records at the exit
+    store.resume_run(db, run_id)
+    store.claim_run(db, "test", run_id=run_id)
+    assert train_here(home, run_id, "--resume") == 0
+    assert store.get_run(db, run_id)["summary"]["epochs_trained"] == 3
+
+    expected, resumed = epoch_metrics(db, whole, {2, 3}), epoch_metrics(db, run_id, {2, 3})
+    assert {"train_loss", "test_loss", "test_accuracy", "lr"} <= {name for name, _ in expected}
+    assert resumed.keys() == expected.keys()
+    assert resumed == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
 def test_bad_dataset_fails_before_training_with_a_clear_error(home, tmp_path):
     run_id = queue(home, write_digits_imagefolder(tmp_path / "one", per_class=4, classes=[7]))
     assert train_here(home, run_id) == 1

@@ -1,39 +1,16 @@
+"""The worker's queue: claiming, GPUs, the exit it records, liveness and orphans.
+
+(The command line it launches is tested in test_launch.py; faults with real processes in
+test_faults.py.)"""
+
 import os
 import socket
 from types import SimpleNamespace
 
+import pytest
+
 from engine import store
-from engine.worker import Worker, launch_command, worker_running
-
-
-def run_row(**cfg):
-    return {
-        "id": 7,
-        "resume_requested": 0,
-        "config": {"num_processes": 1, "mixed_precision": "no", **cfg},
-    }
-
-
-def test_cpu_single_process_uses_cpu_flag(home):
-    cmd, env = launch_command(run_row(), home, [], 29500)
-    assert "--cpu" in cmd and "--multi_gpu" not in cmd
-    assert cmd[cmd.index("--num_processes") + 1] == "1"
-    assert cmd[-4:] == ["--run-id", "7", "--home", str(home)]
-    assert env["CUDA_VISIBLE_DEVICES"] == ""
-
-
-def test_cpu_several_processes_use_multi_gpu_which_starts_them_on_gloo(home):
-    cmd, _ = launch_command(run_row(num_processes=2), home, [], 29500)
-    # `--cpu --num_processes 2` silently starts one process.
-    assert "--multi_gpu" in cmd and "--cpu" not in cmd
-
-
-def test_gpus_are_handed_to_the_run(home):
-    cmd, env = launch_command(run_row(num_processes=2, mixed_precision="bf16"), home, [2, 3], 29500)
-    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
-    assert "--multi_gpu" in cmd and cmd[cmd.index("--mixed_precision") + 1] == "bf16"
-    resumed, _ = launch_command({**run_row(), "resume_requested": 1}, home, [0], 29500)
-    assert resumed[-1] == "--resume"
+from engine.worker import Worker
 
 
 def test_recover_settles_runs_no_live_worker_watches(db, home):
@@ -59,12 +36,15 @@ def test_recover_settles_runs_no_live_worker_watches(db, home):
     orphan_cancelled = running(dead_worker, stop_reason="cancelled")
     orphan_failed = running(dead_worker, stop_reason="failed")
     store.record_trainer_error(db, orphan_failed, "ValueError: no images")
-    Worker(home).recover()
+    worker = Worker(home)
+    worker.announce()  # a worker beats before it claims: its own runs are never orphans
+    worker.recover()
     status = {i: store.get_run(db, i)["status"] for i in range(1, orphan_failed + 1)}
     assert status[silent] == "failed"
-    assert "stopped; resume it" in store.get_run(db, silent)["error"]
+    assert "stopped and its trainer is gone" in store.get_run(db, silent)["error"]
+    assert "resume it to continue" in store.get_run(db, silent)["error"]
     assert status[stale] == "failed"
-    assert "no heartbeat" in store.get_run(db, stale)["error"]
+    assert "last heartbeat" in store.get_run(db, stale)["error"]
     assert status[mine] == status[orphan_training] == "running"
     assert status[orphan_done] == "completed"
     assert status[orphan_cancelled] == "cancelled"
@@ -128,18 +108,75 @@ def test_the_exit_takes_the_trainers_error_from_the_row(db, home):
 
 
 def test_liveness_is_a_row_per_worker(db, home):
-    assert not worker_running(db)
+    assert not store.worker_running(db)
     worker = Worker(home)
     worker.announce()
     assert [w["name"] for w in store.list_workers(db)] == [worker.id]
-    assert worker_running(db)
+    assert store.worker_running(db)
     worker.shutdown()
-    assert store.list_workers(db) == [] and not worker_running(db)
+    assert store.list_workers(db) == [] and not store.worker_running(db)
     here = socket.gethostname()
     store.beat_worker(db, f"{here}:999999", here, 999999)  # a dead process on this host
-    assert not worker_running(db)
+    assert not store.worker_running(db)
     store.beat_worker(db, "elsewhere:1", "elsewhere", 1)  # another host: its beat is recent
-    assert worker_running(db)
+    assert store.worker_running(db)
     db.conn.execute("update workers set heartbeat_at = '2000-01-01T00:00:00+00:00'")
     db.conn.commit()
-    assert not worker_running(db)  # a silent worker elsewhere serves no more
+    assert not store.worker_running(db)  # a silent worker elsewhere serves no more
+
+
+def test_the_worker_of_a_train_command_serves_its_run_only(db, home):
+    # It used to register as serving the whole queue: a second `visionboard train` (or the
+    # dashboard) then believed its run would start, and it waited forever.
+    base = {"task": "classification", "model": "m", "dataset": "d"}
+    mine, other = store.create_run(db, base), store.create_run(db, base)
+    Worker(home, only_run=mine).announce()
+    assert store.list_workers(db)[0]["run_id"] == mine
+    assert store.worker_running(db, mine)
+    assert not store.worker_running(db, other) and not store.worker_running(db)
+    here = socket.gethostname()
+    store.beat_worker(db, f"{here}:{os.getppid()}", here, os.getppid())  # a queue worker
+    assert store.worker_running(db, other) and store.worker_running(db)
+
+
+def test_a_run_whose_worker_is_gone_is_orphaned_and_may_be_cancelled_or_resumed(db, home):
+    base = {"task": "classification", "model": "m", "dataset": "d"}
+    here = socket.gethostname()
+    worker = Worker(home)
+    worker.announce()
+    run_id = store.create_run(db, base)
+    store.claim_run(db, worker.id, run_id=run_id)
+    run = store.get_run(db, run_id)
+    assert not run["worker_gone"] and store.run_state(run) == "running"
+    assert store.allowed_actions(run) == {"cancel", "rerun", "edit"}
+    # Its worker stops beating: within WORKER_PULSE_SECONDS it is gone, for every reader.
+    db.conn.execute("update workers set heartbeat_at = '2000-01-01T00:00:00+00:00'")
+    db.conn.commit()
+    run = store.get_run(db, run_id)
+    assert run["worker_gone"] and store.run_state(run) == store.ORPHANED
+    assert store.status_label(run) == "running (worker gone)"
+    assert store.allowed_actions(run) == {"cancel", "resume", "rerun", "edit"}
+    assert store.run_as_json(db, run_id)["worker_gone"] is True
+    with pytest.raises(store.RunStateError, match="cancel it first"):
+        store.delete_run(db, run_id)
+    # Its trainer (no launch recorded: its heartbeat is all there is) still beats: a resume
+    # would start a second trainer on the run.
+    with pytest.raises(store.TrainerStillRunning, match=f"run {run_id}'s trainer is still"):
+        store.resume_run(db, run_id)
+    store.record_launch(db, run_id, "cpu x1", 999999, here)  # a process group long gone
+    store.resume_run(db, run_id)
+    assert store.get_run(db, run_id)["status"] == "queued"
+    # Cancelling an orphan whose trainer is gone cancels it at once.
+    store.claim_run(db, f"{here}:999999", run_id=run_id)
+    store.record_launch(db, run_id, "cpu x1", 999999, here)
+    store.request_cancel(db, run_id)
+    run = store.get_run(db, run_id)
+    assert run["status"] == "cancelled" and run["finished_at"] and run["trainer_pid"] is None
+
+
+def test_the_rule_words_name_the_orphan():
+    assert store.action_rule("resume") == (
+        "only a failed or cancelled run can be resumed (or a running one whose worker is gone)"
+    )
+    assert store.action_rule("cancel") == "only a queued or running run can be cancelled"
+    assert store.action_rule("rerun") == "any run can be re-run"

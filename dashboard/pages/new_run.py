@@ -8,6 +8,7 @@ store.create_run and opens its page. The dashboard never trains.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -16,7 +17,8 @@ from dashboard import state
 from engine import choices, store
 from engine.config import GROUPS, ConfigError, RunConfig, field_info
 from engine.data import preview_augmentations
-from engine.preflight import check_run
+from engine.launch import configs_dir, list_accelerate_configs
+from engine.preflight import check_run, resolve_paths
 
 state.page_setup()
 
@@ -27,14 +29,15 @@ ERRORS = "new_run_errors"
 # Increments of the +/- buttons of float fields; the others step by 0.1 (or 1 for ints).
 FLOAT_STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "test_ratio": 0.05, "early_stopping_delta": 1e-3}
 # Keys drawn by hand (their choices depend on the task or the registered datasets).
-CUSTOM = ("task", "dataset", "model", "metric", "dataset_format")
+CUSTOM = ("task", "dataset", "model", "metric", "dataset_format", "accelerate_config")
 DETECTION_ONLY = ("min_size", "max_size")
 OPEN_GROUPS = ("Data", "Model")
 # Labels where the key's words read badly; the rest is the key with spaces.
 LABELS = {"lr": "Learning rate", "lr_gamma": "LR gamma", "lr_schedule": "LR schedule",
           "augment_hflip": "Horizontal flips", "augment_vflip": "Vertical flips",
           "augment_color": "Colour changes", "augment_rotation": "Rotation (degrees)",
-          "augment_crop": "Random crops", "num_workers": "Num workers"}  # fmt: skip
+          "augment_crop": "Random crops", "num_workers": "Num workers",
+          "main_process_ip": "Main process IP", "accelerate_config": "Accelerate config file"}  # fmt: skip
 
 FIELDS = field_info()
 BY_NAME = {f["name"]: f for f in FIELDS}
@@ -121,6 +124,7 @@ def init_state(registered: dict[str, dict]) -> None:
     if ss.get(KEY + "dataset_format") not in formats_for(task):
         ss[KEY + "dataset_format"] = choices.AUTO_FORMAT
     ss.setdefault(KEY + "model_other", "")
+    ss.setdefault(KEY + "accelerate_config", "")
     ss.setdefault(KEY + "dataset_path", "")
     ss.setdefault(KEY + "tags", "")
     options = [*registered, OTHER_PATH]
@@ -270,6 +274,8 @@ def submit() -> None:
     except ConfigError as exc:
         ss[ERRORS] = {**exc.by_field(), **model_error}
         return
+    # Stored absolute, as `visionboard train` does: the trainer reads it from another directory.
+    cfg = resolve_paths(cfg, state.get_db())
     # The same check as `visionboard train`: both refuse the same runs before queueing.
     errors = {p.field: str(p) for p in check_run(cfg, state.get_db())}
     errors |= model_error
@@ -337,6 +343,8 @@ def draw_field(info: dict[str, Any], registered: dict[str, dict]) -> None:
         draw_weights_status()
     elif name == "metric":
         st.selectbox(label, metrics_for(task), key=key, help=help_text)
+    elif name == "accelerate_config":
+        draw_accelerate_config(label, help_text)
     elif info.get("choices"):
         st.selectbox(label, list(info["choices"]), key=key, help=help_text)
     else:
@@ -363,7 +371,9 @@ def draw_plain_field(info: dict[str, Any], label: str, task: str) -> None:
             key=key,
             help=help_text,
             step=1,
-            placeholder="model default" if optional else None,
+            placeholder=("default" if name == "main_process_port" else "model default")
+            if optional
+            else None,
             disabled=disabled,
         )
     elif kind == "float":
@@ -377,6 +387,26 @@ def draw_plain_field(info: dict[str, Any], label: str, task: str) -> None:
         )
     else:
         st.text_input(label, key=key, help=help_text)
+
+
+def draw_accelerate_config(label: str, help_text: str) -> None:
+    """The accelerate config files of the configured folder (stored by absolute path), and the
+    run's own file when it was filled from a past run."""
+    key = KEY + "accelerate_config"
+    files = [str(p) for p in list_accelerate_configs(state.home())]
+    current = st.session_state.get(key) or ""
+    options = ["", *files, *([current] if current and current not in files else [])]
+    st.selectbox(
+        label,
+        options,
+        key=key,
+        help=help_text,
+        format_func=lambda p: (
+            "none: the worker's own flags" if not p else (Path(p).name if p in files else p)
+        ),
+    )
+    if not files:
+        st.caption(f"No accelerate config files in {configs_dir(state.home())}.")
 
 
 def draw_weights_status() -> None:

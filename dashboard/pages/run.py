@@ -24,6 +24,7 @@ BADGES = {
     "completed": ":green[:material/check_circle:] completed",
     "failed": ":red[:material/error:] failed",
     "cancelled": ":orange[:material/cancel:] cancelled",
+    store.ORPHANED: ":orange[:material/link_off:] running, worker gone",
 }
 GALLERY_SIZE = 12
 
@@ -164,9 +165,7 @@ def draw_charts(run: dict[str, Any]) -> None:
 
 def draw_queue_position(run: dict[str, Any]) -> None:
     """A queued run waits for a worker: say whether one is there and what is ahead."""
-    from engine.worker import worker_running
-
-    if not worker_running(state.get_db()):
+    if not store.worker_running(state.get_db(), run["id"]):
         st.warning(
             "Queued, but no worker serves this data directory, so nothing will start it. "
             f"Start one with `visionboard worker --home {state.home()}` (or `visionboard "
@@ -192,7 +191,21 @@ def draw_log(run: dict[str, Any], expanded: bool) -> None:
             st.caption(f"No log yet ({path}).")
 
 
+def draw_worker_gone(run: dict[str, Any]) -> None:
+    """A running run that no live worker holds (store.settle_run has left it running, so its
+    trainer still runs): say so, and what can be done."""
+    where = f"pid {run['trainer_pid']} on {run['trainer_host']}" if run.get("trainer_pid") else ""
+    st.warning(
+        f"The worker that ran it ({run['worker']}) is gone, but its trainer still runs"
+        + (f" ({where})" if where else "")
+        + ": its end is recorded when it stops. Cancel stops it; it can be resumed once it "
+        "has stopped.",
+        icon=":material/link_off:",
+    )
+
+
 def draw_live(run_id: int, shown_status: str) -> None:
+    store.settle_run(state.get_db(), run_id)  # whoever looks records an orphan's end
     run = store.get_run(state.get_db(), run_id)
     if run is None:
         st.warning(f"Run {run_id} was deleted.")
@@ -201,6 +214,8 @@ def draw_live(run_id: int, shown_status: str) -> None:
         # Finished (or started): redraw the whole page, which stops or starts the refresh.
         st.rerun()
     draw_progress(run)
+    if run["worker_gone"]:
+        draw_worker_gone(run)
     if run["status"] == "failed" and run.get("error"):
         st.error(f"The run failed: {run['error']}")
     draw_charts(run)
@@ -426,7 +441,7 @@ if run is None:
     st.error(f"There is no run {run_id}.")
     st.stop()
 
-st.subheader(f"#{run['id']} {run['name']} · {BADGES.get(run['status'], run['status'])}")
+st.subheader(f"#{run['id']} {run['name']} · {BADGES.get(store.run_state(run), run['status'])}")
 st.caption(
     f"{run['task']} · {run['model']} · dataset `{run['dataset']}` · launched by "
     f"{run['user'] or 'anonymous'} on {state.format_time(run['created_at'])}"

@@ -51,12 +51,14 @@ def act(action: str) -> None:
         "rerun": lambda db, run_id: store.queue_rerun(db, run_id, user=state.current_user()),
         "delete": store.delete_run,
     }
-    done, skipped = [], []
+    done, skipped, trainers = [], [], []
     for run_id in selected_ids():
         try:
             new_id = verbs[action](db, run_id)
         except store.RunNotFound:
             continue  # deleted meanwhile
+        except store.TrainerStillRunning as exc:
+            trainers.append(str(exc))  # names the pid: not the status rule
         except store.RunStateError:
             skipped.append(run_id)
         else:
@@ -70,6 +72,7 @@ def act(action: str) -> None:
     message = f"{words} {', '.join(f'#{i}' for i in done) or 'no run'}."
     if skipped:
         message += f" Skipped {', '.join(f'#{i}' for i in skipped)} ({store.action_rule(action)})."
+    message += "".join(f" Not {store.DONE[action]}: {reason}." for reason in trainers)
     flash(message)
     clear_selection()
 
@@ -97,7 +100,7 @@ def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "id": run["id"],
-                "status": run["status"],
+                "status": store.status_label(run),
                 "progress": epoch / epochs if epochs else 0.0,
                 "epoch": f"{epoch} / {epochs}" if epochs else "",
                 "metric": state.metric_label(run),
@@ -146,6 +149,7 @@ def draw_filters(db) -> dict[str, Any]:
 
 def draw_table(filters: dict[str, Any]) -> None:
     db = state.get_db()
+    store.settle_orphans(db)  # whoever looks records the end of a run whose worker is gone
     runs = store.list_runs(db, limit=LIMIT, **filters)
     total = store.count_runs(db)
     st.session_state[SHOWN] = [r["id"] for r in runs]

@@ -1,7 +1,9 @@
 """Augmentation and tensor conversion for both tasks, built from a RunConfig.
 
-All randomness comes from torch's global RNG (torchvision.transforms.v2 draws from it), so the
-DataLoader's per-worker seeding and accelerate's `set_seed` make augmentation reproducible.
+All randomness comes from torch's global RNG (torchvision.transforms.v2 draws from it), and
+only from it: the trainer seeds it for each sample from the run's seed, the epoch and the
+sample's index (engine.tasks.Indexed), which makes augmentation reproducible, the same in every
+loader worker, and the same after a resume.
 
 Detection transforms move the boxes with the image (torchvision's BoundingBoxes: flips,
 rotation by the four corners' enclosing box, crop), clip boxes cut by the border and drop boxes

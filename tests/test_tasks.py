@@ -1,0 +1,91 @@
+"""The train loader's randomness: each epoch's shuffle and augmentation follow from the run's
+seed and the epoch's number alone, whatever ran before in the process and however many loader
+workers read the images; and the loaders leave the process's own random stream alone."""
+
+import pytest
+import torch
+from accelerate import Accelerator
+from factories import write_digits_imagefolder
+
+from engine.config import RunConfig
+from engine.data import load_splits
+from engine.tasks import create_task, dataloader_config
+
+AUGMENTED = {
+    "augment_color": True, "augment_hflip": True, "augment_rotation": 15.0, "augment_crop": True,
+}  # fmt: skip
+INPUT = {"image_size": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return write_digits_imagefolder(
+        tmp_path_factory.mktemp("data") / "digits", per_class=6, classes=range(3)
+    )
+
+
+def prepared(digits, num_workers=0):
+    """A task and its train loader, fresh, as a trainer process (new or resumed) has them."""
+    cfg = RunConfig.from_dict(
+        {**AUGMENTED, "dataset": str(digits), "batch_size": 4, "seed": 3, "device": "cpu"}
+        | {"num_workers": num_workers}
+    )
+    splits = load_splits(str(digits), cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
+    task = create_task(cfg, splits, INPUT)
+    accelerator = Accelerator(cpu=True, dataloader_config=dataloader_config(cfg))
+    train_loader, _ = task.loaders(num_processes=1)
+    return task, accelerator.prepare(train_loader)
+
+
+def read_epochs(task, train_loader, epochs) -> list[list[tuple]]:
+    """(indices, images) of every batch of each epoch."""
+    seen = []
+    for epoch in epochs:
+        task.start_epoch(train_loader, epoch)
+        seen.append([(index.tolist(), images) for index, images, _ in train_loader])
+    return seen
+
+
+def epochs_seen(digits, epochs, num_workers=0):
+    return read_epochs(*prepared(digits, num_workers), epochs)
+
+
+def assert_same(a, b):
+    assert [[index for index, _ in epoch] for epoch in a] == [
+        [index for index, _ in epoch] for epoch in b
+    ]
+    assert all(torch.equal(x, y) for ea, eb in zip(a, b) for (_, x), (_, y) in zip(ea, eb))
+
+
+def test_an_epoch_is_the_same_in_a_resumed_process(digits):
+    _, second = epochs_seen(digits, [1, 2])
+    (resumed,) = epochs_seen(digits, [2])
+    assert_same([resumed], [second])
+
+
+def test_each_epoch_shuffles_and_augments_anew(digits):
+    first, second = epochs_seen(digits, [1, 2])
+    order = [[i for i, _ in epoch] for epoch in (first, second)]
+    assert order[0] != order[1]
+    # An image read in both epochs is augmented differently.
+    images = [
+        {j: batch[k] for i, batch in epoch for k, j in enumerate(i)} for epoch in (first, second)
+    ]
+    index = min(images[0].keys() & images[1].keys())
+    assert not torch.equal(images[0][index], images[1][index])
+
+
+def test_loader_workers_augment_as_the_main_process_does(digits):
+    # Two persistent workers over two epochs: each sample's draw depends on its seed, not on
+    # the worker that reads it or on what that worker read before.
+    assert_same(epochs_seen(digits, [1, 2], num_workers=2), epochs_seen(digits, [1, 2]))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_loaders_leave_the_processs_random_stream_alone(digits, num_workers):
+    # Dropout and detector sampling draw from it: reading data must not move it, or a resumed
+    # run (whose persistent workers start later than the uninterrupted run's) would draw anew.
+    task, train_loader = prepared(digits, num_workers)
+    before = torch.get_rng_state()
+    read_epochs(task, train_loader, [1, 2])
+    assert torch.equal(torch.get_rng_state(), before)
