@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 HOST   ?= localhost
+# Another HOST than localhost needs accounts (`visionboard users add`); ALLOW_ANYONE=1 serves
+# the network without sign-in, everyone an admin.
+ALLOW_ANYONE ?=
 
 .PHONY: serve test lint format config-table bench chromium clean
 
@@ -14,7 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/visionboard serve --port $(PORT) --host $(HOST)
+	$(BIN)/visionboard serve --port $(PORT) --host $(HOST) $(if $(ALLOW_ANYONE),--allow-anyone)
 
 test: $(STAMP) chromium
 	$(BIN)/ruff check .

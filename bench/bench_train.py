@@ -219,6 +219,10 @@ def main() -> None:
         data = args.data or Path(tmp) / "shapes"
         if not data.exists() or not any(data.iterdir()):
             write_folder(data, args.images)
+        # The bench's images lie outside any data directory: make their folder a data root,
+        # as an admin would (engine/data_roots.py), for this process and the runs it starts.
+        listed = os.environ.get("VISIONBOARD_DATA_ROOTS")
+        os.environ["VISIONBOARD_DATA_ROOTS"] = os.pathsep.join(filter(None, [listed, str(data)]))
         if args.device == "cpu":
             run_on_cpu(args, data)
         else:

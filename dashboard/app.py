@@ -1,6 +1,7 @@
 """Router of the dashboard: `streamlit run dashboard/app.py` (or `visionboard serve`).
 
-Draws the shared sidebar (who is launching runs) and hands over to the chosen page.
+Draws the shared sidebar (who is signed in) and hands over to the chosen page; a signed-out
+browser gets the sign-in page instead (dashboard.auth), at the address it asked for.
 """
 
 import sys
@@ -13,7 +14,8 @@ if str(ROOT) not in sys.path:
     # `streamlit run dashboard/app.py` puts dashboard/ on the path, not the repository.
     sys.path.insert(0, str(ROOT))
 
-from dashboard import state  # noqa: E402
+from dashboard import auth, state  # noqa: E402
+from engine import store  # noqa: E402
 
 PAGES = Path(__file__).resolve().parent / "pages"
 
@@ -48,7 +50,20 @@ if (PAGES / "predict.py").is_file():
         )
     )
 
-page = st.navigation(pages)
+# The pages are not listed before sign-in; the address asked for is kept, and opens after it.
+user = auth.current_user(state.get_db())
+signed_in = user is not None
+# Admins see the Admin page; for anyone else its address answers "admins only" (the page checks).
+pages.append(
+    st.Page(
+        PAGES / "admin.py",
+        title="Admin",
+        icon=":material/admin_panel_settings:",
+        url_path="admin",
+        visibility="visible" if store.may(user, "manage_users") else "hidden",
+    )
+)
+page = st.navigation(pages, position="sidebar" if signed_in else "hidden")
 state.draw_frame()
 state.mark_routed()
 page.run()

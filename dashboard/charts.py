@@ -95,8 +95,11 @@ def _xs(rows: Sequence[Mapping[str, Any]], x: str, per_step: bool) -> list[float
     return epoch_positions(rows) if per_step else [r["epoch"] for r in rows]
 
 
-def loss_figure(metrics: Iterable[Mapping[str, Any]], x: str = "epoch") -> go.Figure:
-    """Train loss per step (thin), train and test loss per epoch (lines with markers)."""
+def loss_figure(
+    metrics: Iterable[Mapping[str, Any]], x: str = "epoch", split: str = "test"
+) -> go.Figure:
+    """Train loss per step (thin), train and test loss per epoch (lines with markers).
+    `split` names the split behind the test_* rows (the run's summary.eval_split)."""
     groups = group_metrics(metrics)
     fig = go.Figure()
     steps = groups.get("train_loss_step", [])
@@ -118,7 +121,7 @@ def loss_figure(metrics: Iterable[Mapping[str, Any]], x: str = "epoch") -> go.Fi
                 go.Scatter(
                     x=_xs(rows, x, per_step=False),
                     y=[r["value"] for r in rows],
-                    name=name.replace("_", " "),
+                    name=name.replace("test_", f"{split}_").replace("_", " "),
                     mode="lines+markers",
                     line={"color": colors[name]},
                 )
@@ -132,11 +135,13 @@ def metric_figure(
     metric: str | None = None,
     best_epoch: int | None = None,
     x: str = "epoch",
+    split: str = "test",
 ) -> go.Figure:
     """Every test_<metric> per epoch; the chosen `metric` bold, the others dotted.
 
     `metric` is the config's metric name (e.g. "roc_auc") or its row name ("test_roc_auc").
-    A vertical line marks the best epoch when given.
+    A vertical line marks the best epoch when given. `split` names the split the test_* rows
+    were measured on (the run's summary.eval_split: val where the dataset has one).
     """
     groups = group_metrics(metrics)
     chosen = None
@@ -159,10 +164,11 @@ def metric_figure(
                 opacity=1.0 if main or chosen is None else 0.6,
             )
         )
-    _note_if_empty(fig, "No test metrics yet: they appear at the end of the first epoch.")
+    _note_if_empty(fig, f"No {split} metrics yet: they appear at the end of the first epoch.")
     if best_epoch and x == "epoch" and fig.data:
         fig.add_vline(x=best_epoch, line_dash="dash", line_color="grey", annotation_text="best")
-    title = f"Test metrics ({chosen.removeprefix('test_')} in bold)" if chosen else "Test metrics"
+    title = f"{split.capitalize()} metrics"
+    title += f" ({chosen.removeprefix('test_')} in bold)" if chosen else ""
     return _layout(fig, title, x, "value")
 
 

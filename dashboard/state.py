@@ -7,7 +7,6 @@ else here is plain Python over run rows so the pages stay thin.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 from datetime import UTC, datetime
@@ -16,12 +15,9 @@ from typing import Any
 
 import streamlit as st
 
+from dashboard import auth
 from engine import store
 from engine.run_folder import RunFolder
-
-USER_KEY = "vb_user_name"
-USER_INPUT_KEY = "vb_user_name_input"
-
 
 # -- routing ------------------------------------------------------------------------------------
 
@@ -30,11 +26,11 @@ ROUTED = "vb_routed"
 
 
 def draw_frame() -> None:
-    """What every page shares: page config, database, sample datasets, the user's name."""
+    """What every page shares: page config, database, sample datasets, who is signed in."""
     st.set_page_config(page_title="VisionBoard", page_icon=":material/visibility:", layout="wide")
     get_db()
     ensure_samples()
-    user_sidebar()
+    auth.require_user(get_db())  # the sign-in page, and a stop, for a signed-out browser
     st.sidebar.caption(f"Data directory: `{home()}`")
 
 
@@ -105,50 +101,14 @@ def ensure_samples() -> list[str]:
 # -- who is using the dashboard ----------------------------------------------------------------
 
 
-def logged_in_user() -> str | None:
-    """The login's email (or name) when st.login is configured and the user signed in."""
-    try:
-        info = st.user.to_dict()
-    except Exception:
-        return None
-    if info.get("is_logged_in"):
-        return str(info.get("email") or info.get("name") or "") or None
-    return None
-
-
-def default_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in containers without a passwd entry
-        return ""
-
-
-def current_user() -> str:
-    """Who launches runs from this browser session: the login, else the name typed once."""
-    return logged_in_user() or str(st.session_state.get(USER_KEY) or "").strip()
-
-
-def user_sidebar() -> str:
-    """Sidebar box asking the name once per browser session (or showing the login)."""
-    user = logged_in_user()
-    if user:
-        st.sidebar.caption(f"Signed in as **{user}**")
-        return user
-    if USER_KEY not in st.session_state:
-        st.session_state[USER_KEY] = default_user()
-    # The name lives in a plain key: Streamlit drops a widget's own state on page switches.
-    st.session_state[USER_INPUT_KEY] = st.session_state[USER_KEY]
-
-    def keep_name() -> None:
-        st.session_state[USER_KEY] = st.session_state[USER_INPUT_KEY]
-
-    st.sidebar.text_input(
-        "Your name",
-        key=USER_INPUT_KEY,
-        on_change=keep_name,
-        help="Recorded with every run you launch, so the team sees who did what.",
-    )
-    return current_user()
+def current_user() -> dict[str, Any]:
+    """Who uses this browser session: {"username", "role", "source", ...} (dashboard.auth).
+    draw_frame stops every run of a signed-out browser at the sign-in page, so pages always
+    get a user."""
+    user = auth.current_user(get_db())
+    if user is None:  # a page drawn without the frame: nobody may act
+        st.stop()
+    return user
 
 
 # -- run rows ----------------------------------------------------------------------------------

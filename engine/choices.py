@@ -289,3 +289,38 @@ EXPORT_FORMATS = _registry(
 
 def get_export_format(name: str) -> ExportFormatInfo:
     return _lookup(EXPORT_FORMATS, "format", name)
+
+
+# -- people -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoleInfo:
+    name: str
+    description: str
+
+
+# What each role may do is decided in engine.store; this is the list of names and what they mean.
+ROLES = _registry(
+    RoleInfo("admin", "everything: any run, datasets, weights and the users"),
+    RoleInfo("member", "launches runs and manages their own"),
+    RoleInfo("viewer", "reads runs, datasets and results"),
+)
+
+
+def get_role(name: str) -> RoleInfo:
+    return _lookup(ROLES, "role", name)
+
+
+@dataclass(frozen=True)
+class UserSourceInfo:
+    name: str
+    description: str
+
+
+# Where an account comes from: a built-in one signs in with a password, an OIDC one through
+# the team's identity provider (st.login), and has no password here.
+USER_SOURCES = _registry(
+    UserSourceInfo("local", "a built-in account with a password"),
+    UserSourceInfo("oidc", "the team's identity provider (OpenID Connect)"),
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 from engine import choices, store
@@ -32,8 +34,20 @@ def cmd_serve(args) -> int:
     from engine.sample_datasets import ensure_samples
 
     home = store.home_dir(args.home)
-    ensure_samples(store.connect(home), home)
+    db = store.connect(home)
+    # With no account, whoever opens the dashboard is an admin: only this machine may.
+    if not is_loopback(args.host) and not sign_in_configured(db) and not args.allow_anyone:
+        return _fail(
+            f"--host {args.host} would let anyone who reaches this machine use VisionBoard as "
+            "an admin: no account is configured. Add accounts first (`visionboard users add "
+            "NAME --role admin`) or configure sign-in through your identity provider (an "
+            "[auth] section in .streamlit/secrets.toml); or pass --allow-anyone if the network "
+            "is trusted"
+        )
+    ensure_samples(db, home)
     env = dict(os.environ, VISIONBOARD_HOME=str(home))
+    if args.allow_anyone:
+        env["VISIONBOARD_ALLOW_ANYONE"] = "1"  # the dashboard then serves remote browsers too
 
     def start_worker() -> subprocess.Popen:
         command = [sys.executable, "-m", "engine.cli", "--home", str(home), "worker"]
@@ -52,6 +66,12 @@ def cmd_serve(args) -> int:
     print(
         f"VisionBoard: http://{args.host}:{args.port}  (data in {home}; Ctrl-C stops)", flush=True
     )
+    if not sign_in_configured(db):
+        print(
+            "VisionBoard: no accounts, so no sign-in: whoever opens it is an admin "
+            "(`visionboard users add NAME --role admin` adds accounts)",
+            flush=True,
+        )
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops both, like Ctrl-C
     try:
         while app.poll() is None:
@@ -79,6 +99,33 @@ def cmd_serve(args) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` answers only this machine (localhost, 127.x.x.x, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name of this machine on the network, or 0.0.0.0-like
+
+
+def oidc_configured() -> bool:
+    """Whether Streamlit's secrets (as `serve` starts it: in the repository) have an [auth]
+    section, so people sign in through the team's identity provider (st.login)."""
+    for path in (Path.home() / ".streamlit" / "secrets.toml", ROOT / ".streamlit" / "secrets.toml"):
+        try:
+            if "auth" in tomllib.loads(path.read_text()):
+                return True
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+    return False
+
+
+def sign_in_configured(db) -> bool:
+    """Whether people must sign in: any enabled account, or an identity provider."""
+    return store.count_users(db) > 0 or oidc_configured()
 
 
 def cmd_worker(args) -> int:
@@ -118,8 +165,8 @@ def cmd_train(args) -> int:
                 "(to change it, start a new run)"
             )
         try:
-            store.resume_run(db, args.resume)
-        except store.RunStateError as exc:
+            store.resume_run(db, args.resume, by=cli_user())
+        except (store.RunStateError, store.PermissionDenied) as exc:
             return _fail(str(exc))
         run_id = args.resume
         print(f"resuming run {run_id}: {run['name']}")
@@ -139,20 +186,25 @@ def cmd_train(args) -> int:
         problems = check_run(cfg, db)
         if problems:
             return _fail("nothing queued:\n" + "\n".join(f"  - {p}" for p in problems))
-        run_id = store.create_run(
-            db, cfg.resolved(), name=cfg.name, user=_user(), tags=args.tag or []
-        )
+        try:
+            run_id = store.create_run(
+                db, cfg.resolved(), name=cfg.name, tags=args.tag or [], by=cli_user()
+            )
+        except store.PermissionDenied as exc:
+            return _fail(str(exc))
         print(f"queued run {run_id}: {store.get_run(db, run_id)['name']}")
     if args.no_follow:
         return 0
     return follow(db, run_id, store.home_dir(args.home))
 
 
-def _user() -> str:
+def cli_user() -> dict:
+    """Who acts from the command line: someone with a shell on the server is its admin."""
     try:
-        return os.environ.get("VISIONBOARD_USER") or getpass.getuser()
+        name = os.environ.get("VISIONBOARD_USER") or getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (some containers)
-        return ""
+        name = ""
+    return {"username": name, "role": "admin"}
 
 
 def follow(db, run_id: int, home: Path) -> int:
@@ -180,7 +232,7 @@ def follow(db, run_id: int, home: Path) -> int:
     try:
         while True:
             try:
-                store.settle_run(db, run_id)  # a run whose worker is gone still gets its end
+                store.settle_quietly(db, run_id)  # a run whose worker is gone gets its end
                 run = store.get_run(db, run_id)
                 start_worker_if_needed(run)
                 summary = run["summary"]
@@ -209,7 +261,7 @@ def follow(db, run_id: int, home: Path) -> int:
                     break
                 cancelling = True
                 try:
-                    store.request_cancel(db, run_id)
+                    store.request_cancel(db, run_id, by=cli_user())
                 except store.RunStateError:
                     continue  # it ended meanwhile: the next look at its status stops here
                 bar.write(
@@ -248,7 +300,7 @@ def print_summary(run: dict) -> None:
 
 def cmd_runs(args) -> int:
     db = store.connect(args.home)
-    store.settle_orphans(db)  # whoever looks records the end of a run whose worker is gone
+    store.settle_quietly(db)  # whoever looks records the end of a run whose worker is gone
     action = args.action
     if action == "list":
         runs = store.list_runs(db, status=args.status)
@@ -281,14 +333,14 @@ def cmd_runs(args) -> int:
             print(json.dumps(data["config"], indent=2))
     elif action == "cancel":
         try:
-            store.request_cancel(db, args.id)
-        except store.RunStateError as exc:
+            store.request_cancel(db, args.id, by=cli_user())
+        except (store.RunStateError, store.PermissionDenied) as exc:
             return _fail(str(exc))
         print(f"cancel requested for run {args.id}")
     elif action == "delete":
         try:
-            store.delete_run(db, args.id)
-        except store.RunStateError as exc:
+            store.delete_run(db, args.id, by=cli_user())
+        except (store.RunStateError, store.PermissionDenied) as exc:
             return _fail(str(exc))
         print(f"deleted run {args.id}")
     return 0
@@ -325,6 +377,98 @@ def print_table(headers: list[str], rows: list[list]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
+# -- users --------------------------------------------------------------------------------
+
+
+def read_new_password(args, username: str) -> str:
+    """A new password: one line of stdin with --password-stdin (scripts), else typed twice."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass(f"password for {username}: ")
+    if getpass.getpass("again: ") != first:
+        raise store.UserError("the two passwords differ; nothing changed")
+    return first
+
+
+def cmd_users(args) -> int:
+    db = store.connect(args.home)
+    try:
+        if args.action == "list":
+            users = store.list_users(db)
+            if args.json:
+                print(json.dumps(users, indent=2))
+                return 0
+            print_table(
+                ["user", "role", "source", "status", "email", "created"],
+                [
+                    [
+                        u["username"], u["role"], u["source"],
+                        "disabled" if u["disabled"] else "enabled", u["email"] or "",
+                        (u["created_at"] or "")[:16],
+                    ]
+                    for u in users
+                ],
+            )  # fmt: skip
+            return 0
+        if not args.name:
+            return _fail(f"users {args.action} needs a user NAME")
+        if args.action == "add":
+            if store.get_user(db, args.name):
+                return _fail(f"user {args.name!r} already exists")
+            store.add_user(db, args.name, args.role, read_new_password(args, args.name),
+                           email=args.email or "", by=cli_user())  # fmt: skip
+            print(f"added user {args.name} ({args.role})")
+        elif args.action == "reset":
+            if not store.get_user(db, args.name):
+                return _fail(f"no user {args.name!r}")
+            store.set_password(db, args.name, read_new_password(args, args.name), by=cli_user())
+            print(f"new password set for {args.name}; their browsers sign in again")
+        elif args.action in ("disable", "enable"):
+            store.set_user_disabled(db, args.name, args.action == "disable", by=cli_user())
+            print(f"user {args.name} {args.action}d")
+        elif args.action == "role":
+            if not args.role_name:
+                return _fail(f"users role needs NAME and a ROLE ({', '.join(choices.ROLES)})")
+            store.set_user_role(db, args.name, args.role_name, by=cli_user())
+            print(f"user {args.name} is now {args.role_name}")
+    except ValueError as exc:  # UserError, a weak password, an unknown role
+        return _fail(str(exc))
+    return 0
+
+
+# -- audit --------------------------------------------------------------------------------
+
+
+def cmd_audit(args) -> int:
+    """Who did what and when (the store's audit trail), newest first."""
+    db = store.connect(args.home)
+    try:
+        rows = store.list_audit(
+            db,
+            by=cli_user(),
+            since=args.since,
+            limit=args.limit,
+            username=args.user,
+            action=args.action,
+            target_kind=args.kind,
+            target_id=args.target,
+        )
+    except store.PermissionDenied as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print_table(
+        ["at", "user", "action", "target", "detail"],
+        [
+            [r["at"], r["username"], r["action"], f"{r['target_kind']} {r['target_id']}",
+             json.dumps(r["detail"])[:80] if r["detail"] else ""]
+            for r in rows
+        ],
+    )  # fmt: skip
+    return 0
+
+
 # -- datasets / weights -------------------------------------------------------------------
 
 
@@ -344,9 +488,13 @@ def cmd_datasets(args) -> int:
         if info.get("error"):
             return _fail(f"{path}: {info['error']}")
         name = args.name or Path(path).name
-        store.register_dataset(
-            db, name, str(Path(path).resolve()), info["format"], info["task"], info
-        )
+        try:
+            store.register_dataset(
+                db, name, str(Path(path).resolve()), info["format"], info["task"], info,
+                by=cli_user(),
+            )  # fmt: skip
+        except store.PermissionDenied as exc:
+            return _fail(str(exc))
         print(f"registered dataset {name!r} ({info['task']}, {info['format']})")
         return 0
     if args.json:
@@ -360,8 +508,15 @@ def cmd_datasets(args) -> int:
             boxes = (info.get("boxes_per_class") or {}).get(cls)
             line = f"  class {cls}: images {_splits_text(counts)}"
             print(line + (f"; boxes {_splits_text(boxes)}" if boxes is not None else ""))
+        # Blocking problems come first (inspect_dataset sorts them), each line says its weight.
         for p in info.get("problems") or []:
-            print(f"  problem: {p['file']}: {p['message']}")
+            where = f"{p['file']}: " if p.get("file") else ""
+            print(f"  {p.get('severity', 'warning')}: {where}{p['message']}")
+        n = info.get("summary") or {}
+        print(
+            f"  {n.get('blocking', 0)} blocking, {n.get('warning', 0)} warnings, "
+            f"{n.get('info', 0)} info"
+        )
     return 1 if info.get("error") else 0
 
 
@@ -381,12 +536,13 @@ def cmd_weights(args) -> int:
                 print(json.dumps(rows, indent=2))
             else:
                 print_table(
-                    ["model", "available", "source", "path"],
+                    ["model", "available", "source", "added by", "path"],
                     [
                         [
                             r["model"],
                             "yes" if r["available"] else "no",
                             r["source"] or "",
+                            r["added_by"] or "",
                             r["path"] or "",
                         ]
                         for r in rows
@@ -397,10 +553,9 @@ def cmd_weights(args) -> int:
         elif args.action == "import":
             if not args.file:
                 return _fail("weights import needs MODEL and FILE")
-            print(
-                f"{args.model}: imported to {weights.import_weights(args.model, args.file, args.home)}"
-            )
-    except (ValueError, OSError, RuntimeError) as exc:
+            path = weights.import_weights(args.model, args.file, args.home, by=cli_user())
+            print(f"{args.model}: imported to {path}")
+    except (ValueError, OSError, RuntimeError, store.PermissionDenied) as exc:
         return _fail(str(exc))
     return 0
 
@@ -455,7 +610,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", parents=[home], help="start the dashboard and a worker")
     p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--host", default="localhost")
+    p.add_argument(
+        "--host",
+        default="localhost",
+        help="address to listen on; another than localhost needs accounts (or --allow-anyone)",
+    )
+    p.add_argument(
+        "--allow-anyone",
+        action="store_true",
+        help="serve other machines without sign-in: everyone who reaches it is an admin",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", parents=[home], help="train queued runs")
@@ -478,6 +642,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--status", choices=store.STATUSES)
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("users", parents=[home], help="built-in accounts: add, list, disable...")
+    p.add_argument("action", choices=["list", "add", "reset", "disable", "enable", "role"])
+    p.add_argument("name", nargs="?", help="user name")
+    p.add_argument("role_name", nargs="?", metavar="ROLE", help="the new role (role)")
+    p.add_argument(
+        "--role", default="member", choices=list(choices.ROLES), help="role of a new user (add)"
+    )
+    p.add_argument("--email", help="email of a new user (add)")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin (add, reset)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_users)
+
+    p = sub.add_parser("audit", parents=[home], help="who did what and when (newest first)")
+    p.add_argument("--user", help="only what this user did")
+    p.add_argument("--action", help="only this action (queue, cancel, delete, add_user, ...)")
+    p.add_argument("--kind", choices=store.AUDIT_TARGET_KINDS, help="target kind")
+    p.add_argument("--target", help="only this run id, dataset name, model or user name")
+    p.add_argument("--since", help="only from this time on (ISO, e.g. 2025-01-31)")
+    p.add_argument("--limit", type=int, default=200, help="at most this many records")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("datasets", parents=[home], help="inspect, add or list datasets")
     p.add_argument("action", choices=["inspect", "add", "list"])

@@ -37,12 +37,17 @@ def _key(
     maximum=None,
     shown_default: str | None = None,
     shown_allowed: str | None = None,
+    tasks: tuple[str, ...] | None = None,
+    instead: str | None = None,
 ):
     """A config key: its default plus the metadata the form, the validator and the README's
     config table read. `shown_default` / `shown_allowed` say in words what a None default or
-    a per-task choice means (the table prints them)."""
+    a per-task choice means (the table prints them). `tasks` names the tasks the key applies
+    to (None: every task): the form hides it for the others and validation refuses a value
+    other than its default there, naming the key that does apply (`instead`)."""
     meta = {"group": group, "help": help, "choices": allowed, "min": minimum, "max": maximum}
     meta |= {"shown_default": shown_default, "shown_allowed": shown_allowed}
+    meta |= {"tasks": tasks, "instead": instead}
     return field(default=default, metadata=meta)
 
 
@@ -129,11 +134,13 @@ class RunConfig:
     image_size: int | None = _key(
         None,
         "Model",
-        "Input size in pixels for training and prediction. Empty = the model's default. Smaller is "
-        "faster; larger sees finer detail.",
+        "Classification only: input size in pixels for training and prediction. Empty = the "
+        "model's default. Smaller is faster; larger sees finer detail.",
         shown_default="model's default",
         minimum=16,
         maximum=2048,
+        tasks=("classification",),
+        instead="min_size and max_size",
     )
     min_size: int = _key(
         800,
@@ -142,6 +149,8 @@ class RunConfig:
         "(e.g. 512) to train faster when the objects are large.",
         minimum=32,
         maximum=2048,
+        tasks=("detection",),
+        instead="image_size",
     )
     max_size: int = _key(
         1333,
@@ -149,6 +158,8 @@ class RunConfig:
         "Detection only: the longer image side is capped at this size.",
         minimum=32,
         maximum=4096,
+        tasks=("detection",),
+        instead="image_size",
     )
     # Optimization
     optimizer: str = _key(
@@ -231,8 +242,9 @@ class RunConfig:
     metric: str | None = _key(
         None,
         "Early stopping",
-        "The test-split metric that picks the best epoch, drives early stopping and the plateau "
-        "schedule. Default: "
+        "The metric that picks the best epoch, drives early stopping and the plateau schedule, "
+        "measured each epoch on the val split (the test split where the dataset has no val "
+        "split; with both, the best epoch's model is scored on test at the end). Default: "
         + ", ".join(f"{t.default_metric} ({t.name})" for t in choices.TASKS.values())
         + ".",
         shown_default=" / ".join(t.default_metric for t in choices.TASKS.values()),
@@ -413,6 +425,7 @@ class RunConfig:
         if self.task not in choices.TASKS:
             return errors
         task = choices.TASKS[self.task]
+        errors += self._task_key_errors()
         if self.dataset_format in choices.DATASET_FORMATS:
             allowed = choices.formats_for(self.task)
             if self.dataset_format not in allowed:
@@ -446,7 +459,7 @@ class RunConfig:
             errors.append(
                 FieldError("retrained_layers", self.retrained_layers, "for detection: 0 to 5")
             )
-        if self.min_size > self.max_size:
+        if self.task == "detection" and self.min_size > self.max_size:
             errors.append(
                 FieldError("min_size", self.min_size, f"at most max_size ({self.max_size})")
             )
@@ -459,6 +472,26 @@ class RunConfig:
                 )
             )
         errors += self._machine_errors()
+        return errors
+
+    def _task_key_errors(self) -> list[FieldError]:
+        """A key of another task (image_size for detection) would be silently ignored: it must
+        keep its default, and the error names the key this task reads instead."""
+        errors = []
+        for f in dataclasses.fields(self):
+            tasks = f.metadata.get("tasks")
+            value = getattr(self, f.name)
+            if tasks is None or self.task in tasks or value == f.default:
+                continue
+            default = "empty" if f.default in (None, "") else str(f.default)
+            errors.append(
+                FieldError(
+                    f.name,
+                    value,
+                    f"{default} for {self.task}: {f.name} applies to {' and '.join(tasks)} "
+                    f"only; {self.task} uses {f.metadata['instead']}",
+                )
+            )
         return errors
 
     def _machine_errors(self) -> list[FieldError]:

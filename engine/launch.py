@@ -40,6 +40,9 @@ CONFIGS_ENV = "VISIONBOARD_ACCELERATE_CONFIGS"
 CONFIGS_DIR = "accelerate"  # under the data directory, unless $VISIONBOARD_ACCELERATE_CONFIGS
 CONFIG_SUFFIXES = (".yaml", ".yml")
 MULTI_NODE_PORT = 29500  # every machine must know the port: a fixed one when none is set
+LAUNCHED_ENV = "VISIONBOARD_LAUNCHED"  # "1": a trainer started by launch_command's launcher
+# Whole numbers in an accelerate config file, checked when it is read.
+CONFIG_INTEGERS = ("num_processes", "num_machines", "machine_rank", "main_process_port")
 
 
 class LaunchError(ValueError):
@@ -183,6 +186,14 @@ def read_accelerate_config(path: str | Path) -> dict[str, Any]:
             "accelerate_config",
             f"{path} has no distributed_type; expected a file made by `accelerate config`",
         )
+    for key in CONFIG_INTEGERS:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            if not (isinstance(value, str) and value.strip().isdigit()):
+                raise LaunchError(
+                    "accelerate_config",
+                    f"{path}: {key}={value!r} is not a whole number; expected e.g. {key}: 1",
+                )
     return data
 
 
@@ -225,6 +236,7 @@ def launch_command(
     names none). `machine_rank` overrides the run's for a machine that joins it."""
     cfg = run["config"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", VISIONBOARD_HOME=str(home))
+    env[LAUNCHED_ENV] = "1"
     env.pop("ACCELERATE_USE_CPU", None)  # ours to set, never inherited
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     rank = cfg.get("machine_rank", 0) if machine_rank is None else machine_rank
@@ -241,9 +253,13 @@ def launch_command(
     if cfg.get("accelerate_config"):
         # The file decides processes, machines and addresses; the run keeps its precision and
         # the worker its GPUs.
+        file = read_accelerate_config(cfg["accelerate_config"])
         cmd += ["--config_file", cfg["accelerate_config"], *device_flags]
         if machine_rank is not None:
             cmd += ["--machine_rank", str(machine_rank)]
+        if not file.get("main_process_port") and int(file.get("num_machines") or 1) == 1:
+            # Two such runs on one host would both take accelerate's 29500.
+            cmd += ["--main_process_port", str(port)]
     else:
         procs = int(cfg.get("num_processes", 1))
         machines = int(cfg.get("num_machines", 1))

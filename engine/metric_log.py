@@ -63,11 +63,16 @@ class MetricLog:
         if self.steps_since_check >= self.interval:
             self.check()
 
-    def record_epoch(self, step: int, epoch: int, values: dict[str, Any]) -> None:
-        """An epoch's values, written at once; every process calls it at the epoch's end."""
+    def record_epoch(self, step: int, epoch: int, values: dict[str, Any], check: bool = True):
+        """An epoch's values, written at once; every process calls it at the epoch's end.
+        With check=False the cancel check waits for the caller's check() (the trainer saves
+        the epoch's checkpoint first, so a cancel never throws a finished epoch away)."""
         if self.main:
             self.pending.append((step, epoch, values))
-        self.check()
+        if check:
+            self.check()
+        else:
+            self.flush()
 
     def summary(self, **fields: Any) -> None:
         if self.main:

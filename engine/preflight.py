@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import store
+from engine import data_roots, store
 from engine.config import RunConfig
 from engine.launch import check_launch, gpu_count, resolve_accelerate_config
 
@@ -77,21 +77,34 @@ def check_dataset(cfg: RunConfig, db) -> Problem | None:
     registered = store.get_dataset(db, cfg.dataset)
     # The resolution resolve_paths applies at submit, so an unresolved cfg is checked alike.
     path = Path(registered["path"]).expanduser() if registered else Path(absolute_path(cfg.dataset))
-    if not path.exists():
+    try:
+        data_roots.confine(path, db.home)
+    except data_roots.PathRefused:
+        # One message whether the path is missing or outside the roots: it must not tell.
+        roots = data_roots.describe_roots(data_roots.data_roots(db.home))
         if registered:
             return Problem(
                 "dataset",
                 f"the registered dataset {cfg.dataset!r} is at {path}, which does not exist "
-                "any more: register it again from its new place, or pick another",
+                f"any more inside the data roots ({roots}): register it again from its new "
+                "place, or pick another",
             )
         names = ", ".join(d["name"] for d in store.list_datasets(db)) or "none registered"
         return Problem(
             "dataset",
-            f"{cfg.dataset!r} does not exist on this machine and is not a registered dataset; "
-            f"expected a dataset folder or CSV file, or a registered name ({names})",
+            f"{cfg.dataset!r} does not exist inside the data roots ({roots}) and is not a "
+            "registered dataset; expected a dataset folder or CSV file under a data root "
+            f"(the admin adds folders to {data_roots.ENV}), or a registered name ({names})",
         )
+    # Only blocking problems refuse a run: the cross-file checks (hashing every image) are
+    # the Datasets page's and `datasets inspect`'s, not something to wait for at each submit.
     info = inspect_dataset(
-        str(path), task=cfg.task, fmt=cfg.dataset_format, test_ratio=cfg.test_ratio, seed=cfg.seed
+        str(path),
+        task=cfg.task,
+        fmt=cfg.dataset_format,
+        test_ratio=cfg.test_ratio,
+        seed=cfg.seed,
+        deep=False,
     )
     if info.get("error"):
         return Problem("dataset", info["error"])

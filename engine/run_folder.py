@@ -14,10 +14,16 @@ from typing import Any
 
 MODEL = "model.safetensors"  # the best epoch's weights
 CARD = "model.json"  # the model card: classes, input size, threshold, metrics, config
-PREDICTIONS = "predictions.json"  # every test image's prediction at the best epoch
+PREDICTIONS = "predictions.json"  # every image's prediction on the per-epoch split, best epoch
+# With a val split beside test: the best model's predictions on test, made once at the end.
+FINAL_PREDICTIONS = "final_predictions.json"
 CHECKPOINT = "checkpoint"  # the last finished epoch, for resume
 LOG = "train.log"  # the trainer's output, as the worker streams it
 EXPORT = "export"  # exported models, each with its card beside it
+# One file per trainer process of the current attempt, `<host>-<pid>`, holding the process's
+# start time: torchrun starts each rank in a session of its own, outside the launcher's
+# process group, so the ranks say where they are (engine.store.trainer_processes reads them).
+TRAINERS = "trainers"
 CARD_REQUIRED = ("task", "classes", "config")
 # Files still being written (engine.export's ".partial", write_json's ".tmp"): never offered.
 IN_PROGRESS = (".partial", ".tmp")
@@ -54,6 +60,10 @@ class RunFolder:
         return self.path / PREDICTIONS
 
     @property
+    def final_predictions(self) -> Path:
+        return self.path / FINAL_PREDICTIONS
+
+    @property
     def checkpoint(self) -> Path:
         return self.path / CHECKPOINT
 
@@ -74,6 +84,34 @@ class RunFolder:
     @property
     def export_dir(self) -> Path:
         return self.path / EXPORT
+
+    @property
+    def trainers(self) -> Path:
+        return self.path / TRAINERS
+
+    def record_trainer(self, host: str, pid: int, started: str) -> None:
+        """A trainer process of this attempt, written by itself at start-up."""
+        self.trainers.mkdir(parents=True, exist_ok=True)
+        (self.trainers / f"{host}-{pid}").write_text(started)
+
+    def trainer_records(self) -> list[tuple[str, int, str]]:
+        """(host, pid, start time) of each trainer process recorded for this attempt."""
+        if not self.trainers.is_dir():
+            return []
+        found = []
+        for file in self.trainers.iterdir():
+            host, _, pid = file.name.rpartition("-")
+            try:
+                found.append((host, int(pid), file.read_text().strip()))
+            except (OSError, ValueError):
+                continue  # removed meanwhile, or not ours
+        return found
+
+    def clear_trainers(self) -> None:
+        """A new attempt starts: the last attempt's processes are no longer its trainers."""
+        if self.trainers.is_dir():
+            for file in self.trainers.iterdir():
+                file.unlink(missing_ok=True)
 
     def has_model(self) -> bool:
         return self.model.is_file()
@@ -96,14 +134,16 @@ class RunFolder:
     def write_card(self, card: dict[str, Any]) -> None:
         write_json(self.card, card)
 
-    def read_predictions(self) -> dict[str, Any] | None:
+    def read_predictions(self, final: bool = False) -> dict[str, Any] | None:
+        """The per-epoch split's predictions at the best epoch, or with final=True the final
+        report's on test; None when there are none (yet)."""
         try:
-            return json.loads(self.predictions.read_text())
+            return json.loads((self.final_predictions if final else self.predictions).read_text())
         except (OSError, ValueError):
             return None
 
-    def write_predictions(self, predictions: dict[str, Any]) -> None:
-        write_json(self.predictions, predictions)
+    def write_predictions(self, predictions: dict[str, Any], final: bool = False) -> None:
+        write_json(self.final_predictions if final else self.predictions, predictions)
 
 
 def read_card(path: str | Path) -> dict[str, Any]:

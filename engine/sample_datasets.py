@@ -200,6 +200,6 @@ def ensure_samples(db, home=None) -> list[str]:
         registered = store.get_dataset(db, name)
         if registered is None or Path(registered["path"]) != target:
             info = inspect_dataset(target, task=task, fmt=fmt)
-            store.register_dataset(db, name, str(target), fmt, task, info=info)
+            store.register_dataset(db, name, str(target), fmt, task, info, by=store.SERVER_USER)
         names.append(name)
     return names

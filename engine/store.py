@@ -8,14 +8,18 @@ the worker and the trainer can use it at once. One writer per column of `runs`:
   cancel_requested and resume_requested (create_run, rename_run, set_tags, set_note,
   request_cancel, resume_run);
 - the worker writes status, started_at, finished_at, worker, devices, trainer_pid,
-  trainer_host and error (claim_run, set_status, record_launch); at the exit it copies the
-  trainer's error into `error`;
+  trainer_host and error (claim_run, set_status, record_launch, record_exit), each only on a
+  run it still holds (`... WHERE status = 'running' AND worker = ?`), so a late ending never
+  overwrites the next attempt; at the exit record_exit copies the trainer's error into `error`;
 - the trainer, main process only, writes the metrics rows, heartbeat_at, summary and
-  trainer_error (add_metrics, heartbeat, update_summary, record_trainer_error).
+  trainer_error (add_metrics, heartbeat, update_summary, record_trainer_error); every trainer
+  process records itself in the run folder (RunFolder.record_trainer), as torchrun starts
+  each one outside the launcher's process group.
 
 Two hand-overs cross these lines, both here. `status` moves only through this module's
 verbs: the worker's claim (queued -> running) and exit (running -> completed, failed,
-cancelled), an orphan's end recorded by whoever looks (settle_run), and two user transitions
+cancelled: record_exit), an orphan's end recorded by whoever looks (settle_run; by the same
+rule, _exit_status: the trainer's own ending first), and two user transitions
 guarded by ACTIONS on runs no worker holds: cancelling a queued run (-> cancelled,
 finished_at) and resuming a failed or cancelled one or an orphan (-> queued, clearing error
 and finished_at). And claim_run opens each attempt by setting heartbeat_at to the claim time
@@ -28,8 +32,14 @@ row silent for WORKER_PULSE_SECONDS, or its pid dead on this host) is "orphaned"
 list_runs say so (`worker_gone`), it may be cancelled or resumed, and whoever looks (the
 dashboard, the CLI, any worker) settles it with settle_run: the ending its trainer wrote is
 recorded, or, once its trainer is gone too, why it stopped. The worker records each attempt's
-trainer process group and host (record_launch), so a resume is refused while that group lives:
-one trainer per run.
+launcher process group and host (record_launch) and each trainer process records itself, so a
+resume is refused while any of them lives (trainer_alive): one trainer per run.
+
+Who may do what is decided here too: RIGHTS says what each role may do to what it owns and
+to what others own (a run is its queuer's, a dataset its registrar's), and every user verb
+takes the acting user (`by`), checks it before the run's state (PermissionDenied), and writes
+what it did to the `audit` table in the same transaction, so every path (the dashboard, the
+CLI, a later API) obeys one rule and leaves one trail.
 """
 
 from __future__ import annotations
@@ -50,8 +60,8 @@ from typing import Any
 
 import sqlite_utils
 
-from engine import disk
-from engine.run_folder import RunFolder
+from engine import choices, disk, passwords
+from engine.run_folder import LOG, RunFolder
 
 DB_NAME = "visionboard.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -170,11 +180,56 @@ def _m004_trainer_process_and_served_run(db: sqlite_utils.Database) -> None:
     db["workers"].add_column("run_id", int)
 
 
+def _m005_users(db: sqlite_utils.Database) -> None:
+    """People: built-in accounts (an argon2 hash of the password) and identities from the
+    team's OIDC provider (no password here), and the sign-in sessions of built-in accounts
+    (only a hash of each browser's token)."""
+    db["users"].create(
+        {
+            "username": str,
+            "role": str,
+            "password_hash": str,
+            "disabled": int,
+            "source": str,
+            "email": str,
+            "created_at": str,
+        },
+        pk="username",
+        not_null={"role", "disabled", "source"},
+        defaults={"disabled": 0, "source": "local", "email": ""},
+    )
+    db["sessions"].create(
+        {"token_hash": str, "username": str, "created_at": str, "expires_at": str},
+        pk="token_hash",
+        foreign_keys=[("username", "users", "username")],
+    )
+    db["sessions"].create_index(["username"])
+
+
+def _m006_ownership_audit(db: sqlite_utils.Database) -> None:
+    """Who registered each dataset and imported each model's weights (runs say who queued them
+    in `user`), and the audit trail: who did what to which run, dataset, weights or user."""
+    db["datasets"].add_column("added_by", str)
+    db["weights"].create(
+        {"model": str, "path": str, "source": str, "added_by": str, "added_at": str}, pk="model"
+    )
+    # AUTOINCREMENT: a record's id is never given to another, even after pruning.
+    db.execute(
+        "create table audit (id integer primary key autoincrement, at text not null, "
+        "username text not null, action text not null, target_kind text not null, "
+        "target_id text not null, detail text not null default '{}')"
+    )
+    db["audit"].create_index(["username"])
+    db["audit"].create_index(["target_kind", "target_id"])
+
+
 MIGRATIONS = [
     _m001_initial,
     _m002_run_ids_never_reused,
     _m003_trainer_error_and_workers,
     _m004_trainer_process_and_served_run,
+    _m005_users,
+    _m006_ownership_audit,
 ]
 
 
@@ -210,31 +265,41 @@ def _decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def create_run(
-    db, config: dict[str, Any], name: str = "", user: str = "", tags: Iterable[str] = ()
+    db, config: dict[str, Any], name: str = "", tags: Iterable[str] = (), *, by: dict[str, Any]
 ) -> int:
-    """Queue a run; `config` is a RunConfig.resolved() dict. Returns the run id."""
+    """Queue a run for `by` (a member or an admin), who owns it; `config` is a
+    RunConfig.resolved() dict. Returns the run id."""
+    return _queue_run(db, config, name, tags, by, "queue", {})
+
+
+def _queue_run(db, config, name, tags, by, action: str, detail: dict[str, Any]) -> int:
+    check_permission(by, "queue")
     dataset = str(config.get("dataset", ""))
     if not name:
         name = f"{config.get('model')} on {Path(dataset).name or dataset}"
-    table = db["runs"]
-    table.insert(
-        {
-            "name": name,
-            "task": config.get("task"),
-            "model": config.get("model"),
-            "dataset": dataset,
-            "status": "queued",
-            "config": json.dumps(config),
-            "summary": "{}",
-            "user": user or "",
-            "tags": json.dumps(sorted(set(tags))),
-            "note": "",
-            "created_at": now(),
-            "cancel_requested": 0,
-            "resume_requested": 0,
-        }
-    )
-    return table.last_pk
+    row = {
+        "name": name,
+        "task": config.get("task"),
+        "model": config.get("model"),
+        "dataset": dataset,
+        "status": "queued",
+        "config": json.dumps(config),
+        "summary": "{}",
+        "user": by["username"],  # the owner is who queues it, never a name typed in a form
+        "tags": json.dumps(sorted(set(tags))),
+        "note": "",
+        "created_at": now(),
+        "cancel_requested": 0,
+        "resume_requested": 0,
+    }
+    columns = ", ".join(f'"{column}"' for column in row)
+    with db.conn:
+        cursor = db.conn.execute(
+            f"insert into runs ({columns}) values ({_marks(tuple(row))})", list(row.values())
+        )
+        run_id = cursor.lastrowid
+        _audit(db, by, action, "run", run_id, {"name": name, **detail})
+    return run_id
 
 
 def get_run(db, run_id: int) -> dict[str, Any] | None:
@@ -286,6 +351,24 @@ def count_runs(db, status: str | Iterable[str] | None = None) -> int:
     return db.execute(sql, statuses).fetchone()[0]
 
 
+RUNS_VERSION_PARTS = ("runs", "newest", "queued", "running", "completed", "failed",
+                      "cancel_requested", "started", "finished", "heartbeat", "edited")  # fmt: skip
+
+
+def runs_version(db) -> dict[str, Any]:
+    """A token that changes when any user queues, starts, cancels, resumes, finishes, deletes,
+    renames, tags or notes a run, or a running one reports progress (its heartbeat; edits
+    through the latest audit record): one small aggregate, so a page polling it redraws only
+    when something changed. Compare tokens with ==."""
+    sql = (
+        "select count(*), max(id), sum(status = 'queued'), sum(status = 'running'), "
+        "sum(status = 'completed'), sum(status = 'failed'), sum(cancel_requested), "
+        "max(started_at), max(finished_at), max(heartbeat_at), "
+        "(select max(id) from audit where target_kind = 'run') from runs"
+    )
+    return dict(zip(RUNS_VERSION_PARTS, db.execute(sql).fetchone()))
+
+
 def runs_ahead(db, run_id: int) -> int:
     """Runs that go before a queued run: those running and those queued earlier."""
     sql = "select count(*) from runs where status = 'running' or (status = 'queued' and id < ?)"
@@ -332,28 +415,44 @@ def claim_run(db, worker: str, run_id: int | None = None) -> dict[str, Any] | No
             "'$.stop_reason') where id = ?",
             [worker, stamp, stamp, row[0]],
         )
+    RunFolder(db.home, row[0]).clear_trainers()  # the last attempt's processes, if any
     return get_run(db, row[0])
 
 
-def set_status(db, run_id: int, status: str, error: str | None = None, **fields: Any) -> None:
-    """Record where a run the worker holds ended up (worker only)."""
+def set_status(
+    db, run_id: int, status: str, error: str | None = None, worker: str | None = None, **fields
+) -> bool:
+    """Record where a run the worker holds ended up (worker only). With `worker` (as the
+    worker always writes) it lands only while that worker still holds the running run: a late
+    ending must never overwrite the next attempt, which another worker may have claimed after
+    a settle and a resume. Returns whether it was written."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
     values = {"status": status, "error": error, **fields}
     if status in FINISHED:
         values["finished_at"] = now()
+    sql = f"update runs set {', '.join(f'{k} = ?' for k in values)} where id = ?"
+    args = [*values.values(), run_id]
+    if worker is not None:
+        sql += " and status = 'running' and worker = ?"
+        args.append(worker)
     with db.conn:
-        db["runs"].update(run_id, values)
+        return db.conn.execute(sql, args).rowcount > 0
 
 
-def record_launch(db, run_id: int, devices: str, pid: int, host: str) -> None:
+def record_launch(db, run_id: int, worker: str, devices: str, pid: int, host: str) -> bool:
     """What the worker started (worker only): the devices it gave the run, e.g. `cuda:0,cuda:1`
-    or `cpu x2`, and the launcher's pid, which is also the process group of every trainer
-    process of this attempt, on `host`."""
+    or `cpu x2`, and the launcher's pid and process group on `host` (each trainer process
+    records itself too: RunFolder.record_trainer). Only on a run that worker still holds;
+    returns whether it was written."""
     with db.conn:
-        db.conn.execute(
-            "update runs set devices = ?, trainer_pid = ?, trainer_host = ? where id = ?",
-            [devices, int(pid), host, run_id],
+        return (
+            db.conn.execute(
+                "update runs set devices = ?, trainer_pid = ?, trainer_host = ? "
+                "where id = ? and status = 'running' and worker = ?",
+                [devices, int(pid), host, run_id, worker],
+            ).rowcount
+            > 0
         )
 
 
@@ -439,17 +538,175 @@ def action_rule(action: str) -> str:
     return rule
 
 
-def allowed_actions(run: dict[str, Any]) -> set[str]:
-    """The actions a run's state allows (which buttons the dashboard shows)."""
-    state = run_state(run)
-    return {action for action, states in ACTIONS.items() if state in states}
-
-
 def check_action(run: dict[str, Any], action: str) -> None:
     """Raise RunStateError when the run's state does not allow `action`."""
     state = run_state(run)
     if state not in ACTIONS[action]:
         raise RunStateError(run["id"], state, action)
+
+
+# -- who may do what: roles and ownership ---------------------------------------------------
+
+# Besides the run actions of ACTIONS: what creates something new (the one who creates it owns
+# it), what changes a dataset, and what only admins do.
+CREATE_ACTIONS = ("queue", "add_dataset", "import_weights")
+DATASET_ACTIONS = ("edit_dataset", "delete_dataset")
+ADMIN_ACTIONS = ("manage_users", "read_audit")
+ALL_ACTIONS = (*ACTIONS, *CREATE_ACTIONS, *DATASET_ACTIONS, *ADMIN_ACTIONS)
+OWNER_ACTIONS = (*ACTIONS, *CREATE_ACTIONS, *DATASET_ACTIONS)
+
+# The one rule of who may do what, beside ACTIONS (what a run's state allows): for each role,
+# what it may do to what it owns (or creates) and to what others own. A run belongs to the
+# user who queued it, a dataset to the one who registered it. Every guarded verb takes the
+# acting user (`by`) and checks this before the state, so the dashboard, the CLI and any
+# later API obey the same rule; allowed_actions() gives both rules at once for the buttons.
+RIGHTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "admin": {"own": ALL_ACTIONS, "others": ALL_ACTIONS},
+    "member": {"own": OWNER_ACTIONS, "others": ()},
+    "viewer": {"own": (), "others": ()},
+}
+choices.check_implemented("role", choices.ROLES, RIGHTS)
+
+ACTION_WORDS = {
+    "rerun": "re-run",
+    "queue": "queue runs",
+    "add_dataset": "register datasets",
+    "import_weights": "import weights",
+    "edit_dataset": "re-register",
+    "delete_dataset": "remove",
+    "manage_users": "manage users",
+    "read_audit": "read the audit trail",
+}
+
+# The server itself, when it acts on no one's behalf (it registers the sample datasets).
+SERVER_USER = {"username": "visionboard", "role": "admin"}
+
+
+# Not a PermissionError: that is an OSError, which file handling catches and would swallow.
+class PermissionDenied(Exception):
+    """An action the acting user's role or ownership does not allow; names the user, the role,
+    the action, and the owner of what it was aimed at."""
+
+    def __init__(self, user: dict[str, Any] | None, action: str, owner: str | None = None,
+                 target: str = ""):  # fmt: skip
+        user = user or {}
+        self.username, self.role = user.get("username") or "", user.get("role") or ""
+        self.action, self.owner, self.target = action, owner, target
+        who = f"{self.username or 'nobody'} ({self.role or 'no role'})"
+        what = ACTION_WORDS.get(action, action) + (f" {target}" if target else "")
+        if target and owner is not None:
+            what += f" (owned by {owner or 'nobody'})"
+        if not user:
+            why = "nobody is signed in"
+        elif user.get("disabled"):
+            why = "the account is disabled"
+        elif self.role not in RIGHTS:
+            why = f"role {self.role!r} is none of {', '.join(RIGHTS)}"
+        elif action in RIGHTS[self.role]["own"]:  # allowed on their own: this is someone else's
+            why = f"{self.role}s act on their own runs and datasets only"
+        elif RIGHTS[self.role]["own"] or action in ADMIN_ACTIONS:
+            why = f"only admins may {ACTION_WORDS.get(action, action)}"
+        else:
+            why = f"{self.role}s only read"
+        super().__init__(f"{who} may not {what}: {why}")
+
+
+def may(user: dict[str, Any] | None, action: str, owner: str | None = None) -> bool:
+    """Whether `user` ({"username", "role", ...}) may take `action` on something `owner` owns
+    (None: something new, which the user would own). A disabled account may do nothing."""
+    if action not in ALL_ACTIONS:
+        raise ValueError(f"action {action!r}: expected one of {', '.join(ALL_ACTIONS)}")
+    if not user or user.get("disabled") or user.get("role") not in RIGHTS:
+        return False
+    # An unowned thing (a run from before sign-in, owner "") is nobody's: admins only.
+    own = owner is None or (bool(owner) and owner == user.get("username"))
+    return action in RIGHTS[user["role"]]["own" if own else "others"]
+
+
+def check_permission(
+    user: dict[str, Any] | None, action: str, owner: str | None = None, target: str = ""
+) -> None:
+    """Raise PermissionDenied unless `user` may take `action` (see may())."""
+    if not may(user, action, owner):
+        raise PermissionDenied(user, action, owner, target)
+
+
+def state_actions(run: dict[str, Any]) -> set[str]:
+    """The actions a run's state allows, whoever asks (ACTIONS)."""
+    state = run_state(run)
+    return {action for action, states in ACTIONS.items() if state in states}
+
+
+def allowed_actions(run: dict[str, Any], user: dict[str, Any] | None) -> set[str]:
+    """The actions `user` may take on `run` now (which buttons to show): its state's rule and
+    the user's role and ownership rule."""
+    return {action for action in state_actions(run) if may(user, action, run.get("user") or "")}
+
+
+def _check_run_permission(db, run_id: int, action: str, by: dict[str, Any] | None) -> None:
+    """Raise RunNotFound, or PermissionDenied unless `by` may take `action` on the run (a run's
+    owner never changes, so reading it before the guarded write leaves no gap)."""
+    row = db.conn.execute("select user from runs where id = ?", [run_id]).fetchone()
+    if row is None:
+        raise RunNotFound(run_id)
+    check_permission(by, action, row[0] or "", f"run {run_id}")
+
+
+# -- audit trail ----------------------------------------------------------------------------
+
+
+def _audit(
+    db, by: dict[str, Any] | None, action: str, kind: str, target: Any, detail: dict | None = None
+) -> None:
+    """Record who did what to what, inside the transaction of the verb that did it (so the
+    trail holds every change made through the store, and none that was rolled back)."""
+    db.conn.execute(
+        "insert into audit (at, username, action, target_kind, target_id, detail) "
+        "values (?, ?, ?, ?, ?, ?)",
+        [now(), (by or {}).get("username") or "", action, kind, str(target),
+         json.dumps(detail or {}, default=str)],
+    )  # fmt: skip
+
+
+AUDIT_FILTERS = ("username", "action", "target_kind", "target_id")
+AUDIT_TARGET_KINDS = ("run", "dataset", "weights", "user")
+
+
+def list_audit(
+    db,
+    *,
+    by: dict[str, Any] | None,
+    since: str | None = None,
+    limit: int | None = 1000,
+    **filters: str | None,
+) -> list[dict[str, Any]]:
+    """The audit trail, newest first (admins only), filtered by username, action, target_kind
+    and target_id (exact), and by time (`since`, an ISO time)."""
+    check_permission(by, "read_audit")
+    where, args = [], []
+    for column, value in filters.items():
+        if column not in AUDIT_FILTERS:
+            raise ValueError(f"filter {column!r}: expected one of {', '.join(AUDIT_FILTERS)}")
+        if value:
+            where.append(f"{column} = ?")
+            args.append(str(value))
+    if since:
+        where.append("at >= ?")
+        args.append(since)
+    sql = "select * from audit" + (" where " + " and ".join(where) if where else "")
+    sql += " order by id desc" + (f" limit {int(limit)}" if limit else "")
+    rows = list(db.query(sql, args))
+    for row in rows:
+        row["detail"] = json.loads(row["detail"] or "{}")
+    return rows
+
+
+def audit_values(db, column: str) -> list[str]:
+    """Distinct values of an audit column (for the Admin page's filters)."""
+    if column not in AUDIT_FILTERS:
+        raise ValueError(f"column {column!r}: expected one of {', '.join(AUDIT_FILTERS)}")
+    sql = f"select distinct {column} from audit where {column} != '' order by {column}"
+    return [r[0] for r in db.execute(sql).fetchall()]
 
 
 def _refuse(db, run_id: int, action: str):
@@ -464,25 +721,39 @@ def _marks(values: tuple[str, ...]) -> str:
     return ",".join("?" * len(values))
 
 
-def _update_if_allowed(db, run_id: int, action: str, values: dict[str, Any]) -> None:
-    """One UPDATE that checks the status and writes, so no other writer slips in between."""
+def _update_if_allowed(
+    db, run_id: int, action: str, values: dict[str, Any], by: dict[str, Any] | None
+) -> None:
+    """One UPDATE that checks the status and writes, so no other writer slips in between;
+    the values that changed go to the audit trail."""
     allowed = ACTIONS[action]
     sets = ", ".join(f"{column} = ?" for column in values)
     with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        _check_run_permission(db, run_id, action, by)
+        old = db.conn.execute(
+            f"select {', '.join(values)} from runs where id = ?", [run_id]
+        ).fetchone()
         cursor = db.conn.execute(
             f"update runs set {sets} where id = ? and status in ({_marks(allowed)})",
             [*values.values(), run_id, *allowed],
         )
         if cursor.rowcount == 0:
             _refuse(db, run_id, action)
+        changed = {k: v for (k, v), was in zip(values.items(), old) if v != was}
+        if changed:
+            if "tags" in changed:
+                changed["tags"] = json.loads(changed["tags"])
+            _audit(db, by, action, "run", run_id, changed)
 
 
-def request_cancel(db, run_id: int) -> None:
+def request_cancel(db, run_id: int, *, by: dict[str, Any]) -> None:
     """Cancel a queued run at once (no worker has it); ask a running run's trainer to stop.
     An orphan whose trainer is gone is cancelled at once (settle_run reads the flag)."""
     # The two branches are the two statuses of ACTIONS["cancel"] (an orphan is running).
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
+        _check_run_permission(db, run_id, "cancel", by)
         cursor = db.conn.execute(
             "update runs set status = 'cancelled', finished_at = ?, cancel_requested = 1 "
             "where id = ? and status = 'queued'",
@@ -495,12 +766,14 @@ def request_cancel(db, run_id: int) -> None:
             )
         if cursor.rowcount == 0:
             _refuse(db, run_id, "cancel")
+        _audit(db, by, "cancel", "run", run_id)
     settle_run(db, run_id)
 
 
-def resume_run(db, run_id: int) -> None:
+def resume_run(db, run_id: int, *, by: dict[str, Any]) -> None:
     """Queue a failed or cancelled run (or an orphan) again; the trainer continues from its
     checkpoint. Refused with TrainerStillRunning while the last attempt's trainer lives."""
+    _check_run_permission(db, run_id, "resume", by)  # a refusal changes nothing, not even this:
     settle_run(db, run_id)  # an orphan whose trainer finished is completed, not resumed
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
@@ -508,22 +781,24 @@ def resume_run(db, run_id: int) -> None:
         if run is None:
             raise RunNotFound(run_id)
         check_action(run, "resume")
-        if trainer_alive(run):
+        if trainer_alive(db, run):
             raise TrainerStillRunning(run)
         db.conn.execute(
             "update runs set status = 'queued', resume_requested = 1, cancel_requested = 0, "
             "error = null, finished_at = null where id = ?",
             [run_id],
         )
+        _audit(db, by, "resume", "run", run_id)
 
 
-def queue_rerun(db, run_id: int, user: str = "") -> int:
-    """Queue a new run with a run's config, name and tags. Returns the new run's id."""
+def queue_rerun(db, run_id: int, *, by: dict[str, Any]) -> int:
+    """Queue a new run with a run's config, name and tags, owned by `by`. Returns its id."""
     run = get_run(db, run_id)
     if run is None:
         raise RunNotFound(run_id)
+    check_permission(by, "rerun", run["user"] or "", f"run {run_id}")
     check_action(run, "rerun")
-    return create_run(db, run["config"], name=run["name"], user=user, tags=run["tags"])
+    return _queue_run(db, run["config"], run["name"], run["tags"], by, "rerun", {"of": run_id})
 
 
 def cancel_requested(db, run_id: int) -> bool:
@@ -557,24 +832,46 @@ def update_summary(db, run_id: int, **fields: Any) -> dict[str, Any]:
     return summary
 
 
-def set_tags(db, run_id: int, tags: Iterable[str]) -> None:
-    clean = sorted({t.strip() for t in tags if t and t.strip()})
-    _update_if_allowed(db, run_id, "edit", {"tags": json.dumps(clean)})
+def edit_run(
+    db,
+    run_id: int,
+    *,
+    by: dict[str, Any],
+    name: str | None = None,
+    tags: Iterable[str] | None = None,
+    note: str | None = None,
+) -> None:
+    """Change a run's name, tags and note (those given) in one write and one audit record."""
+    values: dict[str, Any] = {}
+    if name is not None:
+        values["name"] = name
+    if tags is not None:
+        values["tags"] = json.dumps(sorted({t.strip() for t in tags if t and t.strip()}))
+    if note is not None:
+        values["note"] = note
+    if values:
+        _update_if_allowed(db, run_id, "edit", values, by)
 
 
-def set_note(db, run_id: int, note: str) -> None:
-    _update_if_allowed(db, run_id, "edit", {"note": note})
+def set_tags(db, run_id: int, tags: Iterable[str], *, by: dict[str, Any]) -> None:
+    edit_run(db, run_id, by=by, tags=tags)
 
 
-def rename_run(db, run_id: int, name: str) -> None:
-    _update_if_allowed(db, run_id, "edit", {"name": name})
+def set_note(db, run_id: int, note: str, *, by: dict[str, Any]) -> None:
+    edit_run(db, run_id, by=by, note=note)
 
 
-def delete_run(db, run_id: int) -> None:
+def rename_run(db, run_id: int, name: str, *, by: dict[str, Any]) -> None:
+    edit_run(db, run_id, by=by, name=name)
+
+
+def delete_run(db, run_id: int, *, by: dict[str, Any]) -> None:
     """Delete a run's rows and its folder. A running run must be cancelled first."""
     allowed = ACTIONS["delete"]
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
+        _check_run_permission(db, run_id, "delete", by)
+        name = db.conn.execute("select name from runs where id = ?", [run_id]).fetchone()[0]
         db.conn.execute("delete from metrics where run_id = ?", [run_id])
         cursor = db.conn.execute(
             f"delete from runs where id = ? and status in ({_marks(allowed)})",
@@ -582,6 +879,7 @@ def delete_run(db, run_id: int) -> None:
         )
         if cursor.rowcount == 0:
             _refuse(db, run_id, "delete")  # rolls the metrics back too
+        _audit(db, by, "delete", "run", run_id, {"name": name})
     shutil.rmtree(RunFolder(db.home, run_id).path, ignore_errors=True)
 
 
@@ -666,16 +964,57 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def stop_group(pgid: int, grace: float = 10.0) -> None:
-    """Stop every process of a group: SIGTERM, then SIGKILL what is left after `grace` s."""
+def process_started(pid: int) -> str | None:
+    """A running process's start time as the kernel counts it ("" where there is no /proc),
+    None when no such process runs (a zombie does not). With the pid, it names one process:
+    a pid reused later has another start time."""
+    if not sys.platform.startswith("linux"):
+        return "" if pid_alive(pid) else None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def trainer_processes(home: str | Path, run_id: int) -> list[int]:
+    """The pids of the run's trainer processes (the current attempt's, as each recorded
+    itself) that still run on this host."""
+    here = socket.gethostname()
+    return [
+        pid
+        for host, pid, started in RunFolder(home, run_id).trainer_records()
+        if host == here and process_started(pid) == started
+    ]
+
+
+def trainers_alive(home: str | Path, run_id: int, pgid: int | None) -> bool:
+    """Whether anything of the attempt runs here: the launcher's group or a trainer process
+    (torchrun starts each of those in a session of its own)."""
+    return bool((pgid and group_alive(pgid)) or trainer_processes(home, run_id))
+
+
+def signal_trainers(home: str | Path, run_id: int, pgid: int | None, sig: int) -> None:
+    """Send `sig` to the launcher's process group and to each trainer process's group (a
+    trainer leads its own session: its data loader workers are in its group)."""
+    for group in [pgid, *trainer_processes(home, run_id)]:
+        if group:
+            try:
+                os.killpg(group, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def stop_trainers(home: str | Path, run_id: int, pgid: int | None, grace: float = 10.0) -> None:
+    """Stop everything of the attempt on this host: SIGTERM, then SIGKILL what is left after
+    `grace` s."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
+        if not trainers_alive(home, run_id, pgid):
             return
+        signal_trainers(home, run_id, pgid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not group_alive(pgid):
+            if not trainers_alive(home, run_id, pgid):
                 return
             time.sleep(0.05)
 
@@ -724,11 +1063,18 @@ def status_label(run: dict[str, Any]) -> str:
     return "running (worker gone)" if run.get("worker_gone") else run["status"]
 
 
-def trainer_alive(run: dict[str, Any]) -> bool:
-    """Whether the last attempt's trainer may still run: its process group on this host, else
-    (another host, or no launch recorded yet) a running run's recent heartbeat."""
+def trainer_alive(db, run: dict[str, Any]) -> bool:
+    """Whether the last attempt's trainer may still run: its launcher's process group or a
+    trainer process on this host, else (another host, or no launch recorded yet) a running
+    run's recent heartbeat. A run claimed but never launched, whose worker is gone, with no
+    beat since the claim, has no trainer at all."""
+    if trainer_processes(db.home, run["id"]):
+        return True
     if run.get("trainer_pid") and run.get("trainer_host") == socket.gethostname():
         return group_alive(run["trainer_pid"])
+    if not run.get("trainer_pid") and run.get("worker_gone"):
+        if run.get("heartbeat_at") == run.get("started_at"):
+            return False  # its worker died between the claim and the launch
     return run["status"] == "running" and _age(run.get("heartbeat_at")) < STALE_SECONDS
 
 
@@ -744,23 +1090,10 @@ def settle_run(db, run_id: int) -> str | None:
         run = get_run(db, run_id)  # again, under the lock: another reader may have settled it
         if run is None or not run["worker_gone"]:
             return None
-        ended = ENDINGS.get(run["summary"].get("stop_reason"))
-        alive = trainer_alive(run)
-        error = None
-        if ended:
-            status, error = ended, run["trainer_error"] if ended == "failed" else None
-        elif alive:
+        alive = trainer_alive(db, run)
+        if alive and not run["summary"].get("stop_reason"):
             return None  # it trains on: its ending is recorded when it comes
-        elif run["cancel_requested"]:
-            status = "cancelled"
-        else:
-            status = "failed"
-            error = run["trainer_error"] or (
-                f"its worker ({run['worker']}) stopped and its trainer is gone "
-                f"(last heartbeat {_age(run['heartbeat_at']):.0f} s ago)"
-                + disk.disk_full_note(RunFolder(db.home, run_id).path)
-                + "; resume it to continue"
-            )
+        status, error = _exit_status(db, run, None)
         # A group known to be gone is forgotten, so a later resume never checks a reused pid.
         db.conn.execute(
             "update runs set status = ?, error = ?, finished_at = ?, trainer_pid = ? "
@@ -768,6 +1101,64 @@ def settle_run(db, run_id: int) -> str | None:
             [status, error, now(), run["trainer_pid"] if alive else None, run_id, run["worker"]],
         )
     return status
+
+
+def _exit_status(db, run: dict[str, Any], code: int | None) -> tuple[str, str | None]:
+    """The one rule from a trainer's end to the run's status and error: the ending the trainer
+    wrote (stop_reason, and trainer_error for a failure) comes first, so a cancel pressed after
+    a finished run's last check leaves it completed and a crash after a cancel keeps its
+    error; without one, the launcher's exit `code` (None: nobody saw the exit, the worker was
+    gone) and the cancel flag say what happened."""
+    ended = ENDINGS.get(run["summary"].get("stop_reason"))
+    if ended and ended != "failed":
+        return ended, None
+    if not ended and run["cancel_requested"]:
+        return "cancelled", None  # stopped (or killed) on the user's word
+    if not ended and code == 0:
+        return "completed", None
+    if run["trainer_error"]:
+        return "failed", run["trainer_error"]
+    folder = RunFolder(db.home, run["id"]).path
+    if code is None:
+        why = (
+            f"its worker ({run['worker']}) stopped and its trainer is gone "
+            f"(last heartbeat {_age(run['heartbeat_at']):.0f} s ago)"
+        )
+        return "failed", why + disk.disk_full_note(folder) + "; resume it to continue"
+    if code < 0:
+        return "failed", f"trainer killed by signal {signal.Signals(-code).name}"
+    return "failed", f"trainer exited with code {code}; see {LOG}" + disk.disk_full_note(folder)
+
+
+def record_exit(db, run_id: int, worker: str, code: int) -> str | None:
+    """The worker saw its launcher exit with `code`, every trainer process of the attempt
+    stopped: record the run's end by the one rule (_exit_status). Only while `worker` holds
+    the running run; returns the status recorded, None when refused."""
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        run = get_run(db, run_id)
+        if run is None or run["status"] != "running" or run["worker"] != worker:
+            return None
+        status, error = _exit_status(db, run, code)
+        db.conn.execute(
+            "update runs set status = ?, error = ?, finished_at = ?, trainer_pid = null "
+            "where id = ? and status = 'running' and worker = ?",
+            [status, error, now(), run_id, worker],
+        )
+    return status
+
+
+def settle_quietly(db, run_id: int | None = None) -> list[int]:
+    """settle_run (or settle_orphans) for a reader: a full disk or a locked database stops no
+    page or listing; the rows are shown as they are and settled at a later look."""
+    try:
+        if run_id is None:
+            return settle_orphans(db)
+        return [run_id] if settle_run(db, run_id) else []
+    except (sqlite3.OperationalError, OSError) as exc:
+        if disk.is_disk_full(exc) or "locked" in str(exc):
+            return []
+        raise
 
 
 def settle_orphans(db) -> list[int]:
@@ -831,23 +1222,266 @@ def run_as_json(db, run_id: int) -> dict[str, Any] | None:
     return out
 
 
+# -- users and sign-in sessions ----------------------------------------------------------
+
+# Names people sign in with: a built-in account's name, or an identity provider's email.
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+SESSION_SECONDS = 14 * 24 * 3600  # a browser stays signed in two weeks, then signs in again
+
+
+class UserError(ValueError):
+    """A users verb refused; the message names the user and why."""
+
+
+def _public_user(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A users row as the rest of the program sees it: never the password hash."""
+    if row is None:
+        return None
+    user = {k: v for k, v in dict(row).items() if k != "password_hash"}
+    user["disabled"] = bool(user["disabled"])
+    user["has_password"] = bool(row["password_hash"])
+    return user
+
+
+def _user_row(db, username: str) -> dict[str, Any] | None:
+    rows = list(db.query("select * from users where username = ?", [username]))
+    return rows[0] if rows else None
+
+
+def _existing_user(db, username: str) -> dict[str, Any]:
+    row = _user_row(db, username)
+    if row is None:
+        raise UserError(f"no user {username!r}")
+    return row
+
+
+def add_user(
+    db,
+    username: str,
+    role: str,
+    password: str | None = None,
+    source: str = "local",
+    email: str = "",
+    *,
+    by: dict[str, Any],
+) -> dict[str, Any]:
+    """Add an account: a built-in one (`local`) needs a password, an `oidc` one has none."""
+    check_permission(by, "manage_users")
+    if not USERNAME_PATTERN.fullmatch(username or ""):
+        raise UserError(
+            f"user name {username!r}: use letters, digits and . _ @ + - (starting with a "
+            "letter or digit, at most 128 characters)"
+        )
+    choices.get_role(role)
+    if source not in choices.USER_SOURCES:
+        raise UserError(f"source {source!r}: expected one of {', '.join(choices.USER_SOURCES)}")
+    if source == "local" and not password:
+        raise UserError(f"user {username!r}: a built-in account needs a password")
+    if source != "local" and password:
+        raise UserError(f"user {username!r}: an {source} account signs in elsewhere, no password")
+    password_hash = passwords.hash_password(password) if password else None
+    try:
+        with db.conn:
+            db.conn.execute(
+                "insert into users (username, role, password_hash, disabled, source, email, "
+                "created_at) values (?, ?, ?, 0, ?, ?, ?)",
+                [username, role, password_hash, source, email or "", now()],
+            )
+            _audit(db, by, "add_user", "user", username, {"role": role, "source": source})
+    except sqlite3.IntegrityError:
+        raise UserError(f"user {username!r} already exists") from None
+    return get_user(db, username)
+
+
+def get_user(db, username: str) -> dict[str, Any] | None:
+    return _public_user(_user_row(db, username))
+
+
+def list_users(db) -> list[dict[str, Any]]:
+    return [_public_user(r) for r in db.query("select * from users order by username")]
+
+
+def count_users(db) -> int:
+    """Accounts that can sign in (not disabled); none means the server has no sign-in."""
+    return db.execute("select count(*) from users where disabled = 0").fetchone()[0]
+
+
+def set_user_disabled(db, username: str, disabled: bool = True, *, by: dict[str, Any]) -> None:
+    """Disable an account (its browsers are signed out at once) or enable it again."""
+    check_permission(by, "manage_users")
+    _existing_user(db, username)
+    if disabled:
+        _keep_an_admin(db, username, "disable")
+    with db.conn:
+        _audit(db, by, "disable_user" if disabled else "enable_user", "user", username)
+        db.conn.execute(
+            "update users set disabled = ? where username = ?", [int(disabled), username]
+        )
+        if disabled:
+            db.conn.execute("delete from sessions where username = ?", [username])
+
+
+def _keep_an_admin(db, username: str, change: str) -> None:
+    """Refuse a change that would leave the accounts without an enabled admin (the CLI, as the
+    server's local admin, could still repair it, but the dashboard could not)."""
+    others = db.execute(
+        "select count(*) from users where role = 'admin' and disabled = 0 and username != ?",
+        [username],
+    ).fetchone()[0]
+    row = db.execute("select role, disabled from users where username = ?", [username]).fetchone()
+    if row and row[0] == "admin" and not row[1] and others == 0:
+        raise UserError(
+            f"cannot {change} {username!r}: it is the last enabled admin; make another user "
+            "admin first"
+        )
+
+
+def set_user_role(db, username: str, role: str, *, by: dict[str, Any]) -> None:
+    check_permission(by, "manage_users")
+    choices.get_role(role)
+    was = _existing_user(db, username)["role"]
+    if role != "admin":
+        _keep_an_admin(db, username, f"make a {role} of")
+    with db.conn:
+        db.conn.execute("update users set role = ? where username = ?", [role, username])
+        _audit(db, by, "set_role", "user", username, {"role": role, "was": was})
+
+
+def set_password(db, username: str, password: str, *, by: dict[str, Any]) -> None:
+    """A built-in account's new password (set by an admin, or by its owner); every browser
+    signed in with the old one signs in again."""
+    if not by or by.get("username") != username or by.get("disabled"):
+        check_permission(by, "manage_users")
+    row = _existing_user(db, username)
+    if row["source"] != "local":
+        raise UserError(
+            f"user {username!r} signs in through the identity provider ({row['source']}), "
+            "not with a password"
+        )
+    password_hash = passwords.hash_password(password)
+    with db.conn:
+        db.conn.execute(
+            "update users set password_hash = ? where username = ?", [password_hash, username]
+        )
+        db.conn.execute("delete from sessions where username = ?", [username])
+        _audit(db, by, "reset_password", "user", username)
+
+
+def verify_password(db, username: str, password: str) -> dict[str, Any] | None:
+    """The user when `password` is theirs and the account may sign in, else None (the same
+    None, in about the same time, for a wrong name, a wrong password or a disabled account)."""
+    row = _user_row(db, username)
+    if not passwords.verify_password(row["password_hash"] if row else None, password or ""):
+        return None
+    if row["disabled"] or row["source"] != "local":
+        return None
+    if passwords.needs_rehash(row["password_hash"]):
+        with db.conn:
+            db.conn.execute(
+                "update users set password_hash = ? where username = ?",
+                [passwords.hash_password(password), username],
+            )
+    return _public_user(row)
+
+
+def get_or_add_oidc_user(db, username: str, email: str = "", role: str = "viewer") -> dict:
+    """The account of someone the identity provider signed in, added with `role` the first
+    time. A built-in account of the same name is never taken over."""
+    row = _user_row(db, username)
+    if row is None:
+        try:
+            return add_user(db, username, role, source="oidc", email=email, by=SERVER_USER)
+        except UserError:
+            row = _existing_user(db, username)  # added meanwhile by another session
+    if row["source"] != "oidc":
+        raise UserError(
+            f"user {username!r} is a built-in account: sign in with its password, or ask an "
+            "admin to rename it"
+        )
+    return _public_user(row)
+
+
+def open_session(db, username: str, seconds: float = SESSION_SECONDS) -> str:
+    """Start a signed-in session for a browser; returns the token its cookie keeps."""
+    _existing_user(db, username)
+    token = passwords.new_token()
+    stamp = datetime.now(UTC)
+    expires = datetime.fromtimestamp(stamp.timestamp() + seconds, UTC)
+    with db.conn:
+        db.conn.execute("delete from sessions where expires_at <= ?", [now()])
+        db.conn.execute(
+            "insert into sessions (token_hash, username, created_at, expires_at) "
+            "values (?, ?, ?, ?)",
+            [
+                passwords.hash_token(token),
+                username,
+                stamp.isoformat(timespec="seconds"),
+                expires.isoformat(timespec="seconds"),
+            ],
+        )
+    return token
+
+
+def session_user(db, token: str | None) -> dict[str, Any] | None:
+    """The user a browser's session token signs in: None when the token is unknown, expired,
+    signed out, or its account disabled."""
+    if not token:
+        return None
+    rows = list(
+        db.query(
+            "select users.* from sessions join users using (username) "
+            "where token_hash = ? and expires_at > ? and users.disabled = 0",
+            [passwords.hash_token(token), now()],
+        )
+    )
+    return _public_user(rows[0]) if rows else None
+
+
+def close_session(db, token: str | None) -> None:
+    """Sign a browser out: its token no longer signs anyone in."""
+    if token:
+        with db.conn:
+            db.conn.execute(
+                "delete from sessions where token_hash = ?", [passwords.hash_token(token)]
+            )
+
+
 # -- datasets -----------------------------------------------------------------------------
 
 
 def register_dataset(
-    db, name: str, path: str, format: str, task: str, info: dict | None = None
+    db,
+    name: str,
+    path: str,
+    format: str,
+    task: str,
+    info: dict | None = None,
+    *,
+    by: dict[str, Any],
 ) -> None:
+    """Register a dataset, owned by `by` (a member or an admin); registering a name again
+    (after a new inspection) is its owner's or an admin's, and keeps its owner."""
     with db.conn:
-        db["datasets"].upsert(
-            {
-                "name": name,
-                "path": str(path),
-                "format": format,
-                "task": task,
-                "created_at": now(),
-                "info": json.dumps(info or {}),
-            },
-            pk="name",
+        db.conn.execute("BEGIN IMMEDIATE")
+        row = db.conn.execute("select added_by from datasets where name = ?", [name]).fetchone()
+        if row is None:
+            check_permission(by, "add_dataset")
+        else:
+            check_permission(by, "edit_dataset", row[0] or "", f"dataset {name!r}")
+        db.conn.execute(
+            "insert into datasets (name, path, format, task, created_at, info, added_by) "
+            "values (?, ?, ?, ?, ?, ?, ?) on conflict (name) do update set path = excluded.path, "
+            "format = excluded.format, task = excluded.task, created_at = excluded.created_at, "
+            "info = excluded.info",
+            [name, str(path), format, task, now(), json.dumps(info or {}), by["username"]],
+        )
+        _audit(
+            db,
+            by,
+            "add_dataset" if row is None else "edit_dataset",
+            "dataset",
+            name,
+            {"path": str(path), "format": format, "task": task},
         )
 
 
@@ -863,12 +1497,48 @@ def get_dataset(db, name: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def delete_dataset(db, name: str) -> None:
+def delete_dataset(db, name: str, *, by: dict[str, Any]) -> None:
+    """Forget a registered dataset (its files stay): its owner's or an admin's."""
     with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        row = db.conn.execute(
+            "select added_by, path from datasets where name = ?", [name]
+        ).fetchone()
+        if row is None:
+            return
+        check_permission(by, "delete_dataset", row[0] or "", f"dataset {name!r}")
         db.conn.execute("delete from datasets where name = ?", [name])
+        _audit(db, by, "delete_dataset", "dataset", name, {"path": row[1]})
+
+
+def may_change_dataset(user: dict[str, Any] | None, dataset: dict[str, Any]) -> bool:
+    """Whether `user` may register a dataset again or remove it (the buttons to show)."""
+    return may(user, "delete_dataset", dataset.get("added_by") or "")
 
 
 def resolve_dataset(db, name_or_path: str) -> str:
     """A registered dataset's path, or the argument itself when it names no registered one."""
     found = get_dataset(db, name_or_path)
     return found["path"] if found else name_or_path
+
+
+# -- imported weights -----------------------------------------------------------------------
+
+
+def record_weights(db, model: str, path: str, source: str, *, by: dict[str, Any]) -> None:
+    """Record who imported weights for `model` (engine.weights writes the file, after checking
+    may(by, "import_weights") before its work); the last import of a model is the one used."""
+    check_permission(by, "import_weights")
+    with db.conn:
+        db.conn.execute(
+            "insert into weights (model, path, source, added_by, added_at) values (?, ?, ?, ?, ?) "
+            "on conflict (model) do update set path = excluded.path, source = excluded.source, "
+            "added_by = excluded.added_by, added_at = excluded.added_at",
+            [model, str(path), str(source), by["username"], now()],
+        )
+        _audit(db, by, "import_weights", "weights", model, {"path": str(path), "from": str(source)})
+
+
+def list_imported_weights(db) -> dict[str, dict[str, Any]]:
+    """model -> {"model", "path", "source", "added_by", "added_at"} of each import recorded."""
+    return {row["model"]: row for row in db.query("select * from weights order by model")}

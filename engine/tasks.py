@@ -1,9 +1,11 @@
 """What differs between the tasks in training: data, one step's loss, and evaluation.
 
-One class per task of engine.choices.TASKS. A task builds the train and test loaders (each
-sample carries its index, so gathered predictions find their files), computes a batch's loss
-(with its parts, where the model reports them), and evaluates the test split into metrics and
-the predictions the run keeps. The trainer picks one with create_task(cfg.task, ...).
+One class per task of engine.choices.TASKS. A task builds a loader per split the run uses
+(each sample carries its index, so gathered predictions find their files), computes a batch's
+loss (with its parts, where the model reports them), and evaluates a split into metrics and
+the predictions the run keeps. Each epoch is evaluated on `eval_split` (val where the dataset
+declares one, else test); with val, the best model is scored once more on `final_split`
+(test) at the end. The trainer picks one with create_task(cfg.task, ...).
 """
 
 from __future__ import annotations
@@ -82,12 +84,25 @@ class Task:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
-    def datasets(self) -> tuple[Dataset, Dataset]:
+    @property
+    def eval_split(self) -> str:
+        """The split evaluated each epoch (best epoch, early stopping, plateau schedule): val
+        where the dataset declares one, else test."""
+        return "val" if self.splits.val else "test"
+
+    @property
+    def final_split(self) -> str | None:
+        """The split the best model is scored on once the run ends: test, when val took its
+        place each epoch; None when the per-epoch split is test already."""
+        return "test" if self.eval_split == "val" and self.splits.test else None
+
+    def dataset(self, samples: list, train: bool) -> Dataset:
+        """A split's Dataset: augmented for training, resized and normalised only otherwise."""
         raise NotImplementedError
 
-    def loaders(self, num_processes: int) -> tuple[DataLoader, DataLoader]:
+    def loaders(self, num_processes: int) -> dict[str, DataLoader]:
+        """{"train": ..., eval_split: ..., final_split: ...}: a loader per split the run uses."""
         cfg = self.cfg
-        train_ds, test_ds = self.datasets()
         common = {
             # Not the global RNG: the loader draws its workers' base seed when its workers
             # start (each epoch, or once when persistent), which would move dropout's stream.
@@ -99,11 +114,13 @@ class Task:
             "collate_fn": self.collate,
         }
         # A last batch of one image breaks BatchNorm in train mode; drop the remainder instead.
-        drop_last = len(train_ds) > cfg.batch_size * num_processes
-        self.train_set = Indexed(train_ds, seed=cfg.seed)
-        train = DataLoader(self.train_set, shuffle=True, drop_last=drop_last, **common)
-        test = DataLoader(Indexed(test_ds), shuffle=False, **common)
-        return train, test
+        drop_last = len(self.splits.train) > cfg.batch_size * num_processes
+        self.train_set = Indexed(self.dataset(self.splits.train, train=True), seed=cfg.seed)
+        loaders = {"train": DataLoader(self.train_set, shuffle=True, drop_last=drop_last, **common)}
+        for split in filter(None, (self.eval_split, self.final_split)):
+            evaluated = Indexed(self.dataset(getattr(self.splits, split), train=False))
+            loaders[split] = DataLoader(evaluated, shuffle=False, **common)
+        return loaders
 
     def start_epoch(self, train_loader, epoch: int) -> None:
         """Seed the epoch's shuffle and augmentation from the epoch's number, not from how many
@@ -116,9 +133,9 @@ class Task:
         """The batch's mean loss, its named parts, and the number of images."""
         raise NotImplementedError
 
-    def evaluate(self, model, loader, accelerator, beat) -> tuple[dict, dict]:
-        """Metrics over the whole test split (gathered from every process) and the
-        predictions; `beat` keeps the heartbeat going between batches."""
+    def evaluate(self, model, split: str, loader, accelerator, beat) -> tuple[dict, dict]:
+        """Metrics over the whole split (gathered from every process) and its predictions;
+        `loader` is the split's, from loaders(); `beat` keeps the heartbeat going."""
         raise NotImplementedError
 
 
@@ -128,16 +145,9 @@ class ClassificationTask(Task):
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def datasets(self):
+    def dataset(self, samples, train):
         size, mean, std = self.input["image_size"], self.input["mean"], self.input["std"]
-        return (
-            ClassificationDataset(
-                self.splits.train, build_transform(self.cfg, True, size, mean, std)
-            ),
-            ClassificationDataset(
-                self.splits.test, build_transform(self.cfg, False, size, mean, std)
-            ),
-        )
+        return ClassificationDataset(samples, build_transform(self.cfg, train, size, mean, std))
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         if self.cfg.channels_last:
@@ -150,7 +160,7 @@ class ClassificationTask(Task):
         return loss, {}, len(labels)
 
     @torch.no_grad()
-    def evaluate(self, model, loader, accelerator, beat):
+    def evaluate(self, model, split, loader, accelerator, beat):
         model.eval()
         indices, probs, targets, losses = [], [], [], []
         for index, images, labels in loader:
@@ -168,10 +178,12 @@ class ClassificationTask(Task):
         t = torch.cat(targets).numpy()
         metrics = evaluate.classification_metrics(p, t)
         metrics["loss"] = float(torch.cat(losses).mean())
+        samples = getattr(self.splits, split)
         predictions = {
             "task": "classification",
+            "split": split,
             "classes": self.classes,
-            "paths": [self.splits.test[i][0] for i in idx],
+            "paths": [samples[i].path for i in idx],
             "targets": t.tolist(),
             "probs": np.round(p, 6).tolist(),
         }
@@ -186,11 +198,8 @@ def collate_indexed_detection(batch):
 class DetectionTask(Task):
     collate = staticmethod(collate_indexed_detection)
 
-    def datasets(self):
-        return (
-            DetectionDataset(self.splits.train, DetectionTransform(self.cfg, train=True)),
-            DetectionDataset(self.splits.test, DetectionTransform(self.cfg, train=False)),
-        )
+    def dataset(self, samples, train):
+        return DetectionDataset(samples, DetectionTransform(self.cfg, train=train))
 
     def train_step(self, model, batch):
         _, images, targets = batch
@@ -198,7 +207,7 @@ class DetectionTask(Task):
         return sum(losses.values()), losses, len(images)
 
     @torch.no_grad()
-    def evaluate(self, model, loader, accelerator, beat):
+    def evaluate(self, model, split, loader, accelerator, beat):
         model.eval()
         records = []
         for index, images, targets in loader:
@@ -226,10 +235,12 @@ class DetectionTask(Task):
         preds = [r["pred"] for r in records]
         targets = [r["target"] for r in records]
         metrics = evaluate.detection_metrics(preds, targets, len(self.classes))
+        samples = getattr(self.splits, split)
         predictions = {
             "task": "detection",
+            "split": split,
             "classes": self.classes,
-            "paths": [self.splits.test[r["index"]].path for r in records],
+            "paths": [samples[r["index"]].path for r in records],
             "targets": targets,
             "preds": preds,
         }

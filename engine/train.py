@@ -1,8 +1,10 @@
 """The trainer: `accelerate launch -m engine.train --run-id N [--home DIR] [--resume]`.
 
-Reads the run's config from the database, trains, evaluates on the test split each epoch and
-writes metrics, heartbeat and summary back; only the main process writes. This file keeps the
-set-up, the epoch loop and the stop decision; each other job lives in a module named for it:
+Reads the run's config from the database, trains, evaluates each epoch on the val split (the
+test split where the dataset has no val) and writes metrics, heartbeat and summary back; with
+a val split, the best model is scored once on test when training ends. Only the main process
+writes. This file keeps the set-up, the epoch loop, the stop decision and the final report;
+each other job lives in a module named for it:
 engine.tasks (data, step and evaluation per task), engine.metric_log (the run's row, and the
 cancel check every process meets at the same step), engine.checkpoint (resume),
 engine.early_stopping and engine.best_model (the run's model, card and predictions).
@@ -12,21 +14,29 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 import traceback
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast, set_seed
 
 from engine import disk, store
-from engine.best_model import is_number, model_card, save_best_model
+from engine.best_model import (
+    final_report,
+    is_number,
+    load_best_model,
+    model_card,
+    save_best_model,
+    save_final_report,
+)
 from engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from engine.config import RunConfig
 from engine.data import load_splits
 from engine.early_stopping import EarlyStopping
-from engine.launch import trains_on_cpu
+from engine.launch import LAUNCHED_ENV, trains_on_cpu
 from engine.metric_log import Cancelled, MetricLog
 from engine.models import count_parameters, create_model, model_input
 from engine.optim import create_optimizer, create_schedule
@@ -73,7 +83,7 @@ class Trainer:
             self.print(f"dataset problem: {problem['file']}: {problem['message']}")
         self.print(
             f"dataset {dataset_path}: {splits.format}, {len(splits.classes)} classes, "
-            f"{len(splits.train)} train / {len(splits.test)} test images"
+            f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images"
         )
         model = create_model(cfg, len(splits.classes), home=self.home)
         self.task = create_task(cfg, splits, model_input(cfg, model))
@@ -81,16 +91,21 @@ class Trainer:
         self.print(f"model {cfg.model_name}: {trainable:,} of {total:,} parameters trainable")
         model = self.task.prepare_model(model)
         optimizer = create_optimizer(cfg, model)
-        train_loader, test_loader = self.task.loaders(procs)
-        self.model, self.optimizer, self.train_loader, self.test_loader = self.accelerator.prepare(
-            model, optimizer, train_loader, test_loader
+        loaders = self.task.loaders(procs)  # train, then the evaluated splits
+        self.model, self.optimizer, *prepared = self.accelerator.prepare(
+            model, optimizer, *loaders.values()
         )
+        self.loaders = dict(zip(loaders, prepared))
+        self.train_loader = self.loaders["train"]
         self.schedule = create_schedule(cfg, self.optimizer, len(self.train_loader))
         self.metric_log.summary(
             stop_reason=None,  # a resumed run's earlier ending no longer holds
+            final_test=None,
             metric=cfg.metric_name,
+            eval_split=self.task.eval_split,  # the split behind the per-epoch test_* metrics
             classes=splits.classes,
             train_images=len(splits.train),
+            val_images=len(splits.val),
             test_images=len(splits.test),
             skipped_images=splits.counts["skipped_images"],
             trainable_params=trainable,
@@ -124,24 +139,33 @@ class Trainer:
             epoch_start = time.monotonic()
             values = self.train_epoch(epoch)
             train_seconds = time.monotonic() - epoch_start
-            test_metrics, predictions = self.task.evaluate(
-                self.model, self.test_loader, self.accelerator, self.metric_log.beat
+            split = self.task.eval_split
+            scores, predictions = self.task.evaluate(
+                self.model, split, self.loaders[split], self.accelerator, self.metric_log.beat
             )
-            value = test_metrics.get(self.cfg.metric_name, float("nan"))
+            value = scores.get(self.cfg.metric_name, float("nan"))
             self.schedule.step_epoch(value)
             self.state.epoch = epoch
             improved = self.early_stopping.update(self.state, epoch, value)
             if improved:
                 card = model_card(
-                    self.run_id, self.cfg, self.task.classes, self.task.input, test_metrics, epoch
+                    self.run_id,
+                    self.cfg,
+                    self.task.classes,
+                    self.task.input,
+                    scores,
+                    epoch,
+                    split,
                 )
                 # A full disk stops the run here, with room left to record why (engine.disk).
-                disk.require_space(self.folder.path, disk.model_bytes(self.model))
+                self.require_space(disk.model_bytes(self.model))
                 save_best_model(self.accelerator, self.model, self.folder, card, predictions)
-            values |= {f"test_{k}": v for k, v in test_metrics.items() if is_number(v)}
-            self.metric_log.record_epoch(self.state.step, epoch, values)
-            needed = disk.checkpoint_bytes(self.model, self.optimizer)
-            disk.require_space(self.folder.path, needed)
+            # test_* whichever split it was (the public metric names; summary.eval_split says).
+            values |= {f"test_{k}": v for k, v in scores.items() if is_number(v)}
+            # The cancel check comes after the checkpoint and the summary: a cancel seen at the
+            # end of an epoch keeps that epoch.
+            self.metric_log.record_epoch(self.state.step, epoch, values, check=False)
+            self.require_space(disk.checkpoint_bytes(self.model, self.optimizer))
             save_checkpoint(self.accelerator, self.folder, self.state, self.schedule)
             per_epoch = (time.monotonic() - started) / (epoch - first_epoch + 1)
             images = len(self.train_loader) * self.cfg.batch_size * self.accelerator.num_processes
@@ -162,7 +186,39 @@ class Trainer:
                 + f", lr {self.schedule.lr:.2e}"
                 + (" (best)" if improved else "")
             )
+            self.metric_log.check()
         return reason
+
+    def require_space(self, needed: int) -> None:
+        """disk.require_space, decided by the main process for all: every process stops at
+        the same write (no DDP deadlock), and the main one, which writes trainer_error, knows
+        why. The free space travels in the collective every process meets here anyway."""
+        free = disk.free_bytes(self.folder.path) if self.main else 0
+        if self.accelerator.num_processes > 1:
+            message = torch.tensor([float(free)], device=self.accelerator.device)
+            free = int(broadcast(message).item())
+        if free < needed + disk.RESERVE_BYTES:
+            raise disk.DiskFull(self.folder.path, free, needed + disk.RESERVE_BYTES)
+
+    def report_final_test(self) -> None:
+        """With a val split beside test: the best epoch's model, scored once on the test split
+        when training ends (not after a cancel or a failure)."""
+        split = self.task.final_split
+        if split is None:
+            return
+        if not load_best_model(self.accelerator, self.model, self.folder):
+            self.print(f"no best model was saved: no final report on the {split} split")
+            return
+        metrics, predictions = self.task.evaluate(
+            self.model, split, self.loaders[split], self.accelerator, self.metric_log.beat
+        )
+        report = final_report(metrics, split, self.state.best_epoch, len(predictions["paths"]))
+        save_final_report(self.accelerator, self.folder, report, predictions)
+        self.metric_log.summary(final_test=report)
+        self.print(
+            f"final report on the {split} split (best epoch {self.state.best_epoch}): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items())
+        )
 
     def stop_reason(self) -> str | None:
         """Why training stops before the next epoch, if it does: asked at the start (a resumed
@@ -203,17 +259,44 @@ class Trainer:
         }
 
 
+def record_trainer_process(run_id: int, home: str | None) -> None:
+    """Say where this trainer process is, and die with its parent. torchrun starts each rank
+    in a session of its own, out of reach of a kill of the launcher's process group: the
+    worker finds the ranks by these records (store.trainer_processes), and on Linux the kernel
+    kills a rank whose launcher dies (PR_SET_PDEATHSIG). A trainer run in-process (tests) has
+    no launcher: neither applies."""
+    if os.environ.get(LAUNCHED_ENV) != "1":
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the launcher died before the line above
+            os._exit(1)
+    pid = os.getpid()
+    started = store.process_started(pid) or ""
+    try:
+        RunFolder(store.home_dir(home), run_id).record_trainer(socket.gethostname(), pid, started)
+    except OSError as exc:  # a full disk: the launcher's group and PDEATHSIG still hold it
+        print(f"could not record trainer process {pid}: {exc}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="engine.train", description=__doc__)
     parser.add_argument("--run-id", type=int, required=True)
     parser.add_argument("--home", default=None)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
+    record_trainer_process(args.run_id, args.home)
     trainer = None
     try:
         trainer = Trainer(args.run_id, args.home, args.resume)
         trainer.build()
         reason, code = trainer.fit(), 0
+        trainer.report_final_test()
     except Cancelled:
         reason, code = "cancelled", 0
     except Exception as exc:  # the run records why it failed; the traceback goes to the log

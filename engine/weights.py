@@ -64,7 +64,8 @@ def weights_status(model: str, home: str | Path | None = None) -> dict[str, Any]
 
 
 def list_weights(home: str | Path | None = None) -> list[dict[str, Any]]:
-    """Status of the models the tasks offer by name, plus every imported file."""
+    """Status of the models the tasks offer by name, plus every imported file (with who
+    imported it, `added_by`)."""
     names = list(choices.listed_models())
     folder = weights_dir(home)
     if folder.is_dir():
@@ -79,6 +80,13 @@ def list_weights(home: str | Path | None = None) -> list[dict[str, Any]]:
         except ValueError:  # an imported file whose name timm no longer knows
             path = str(imported_path(name, home))
             out.append({"model": name, "available": False, "source": None, "path": path})
+    db = store.connect(home)
+    try:
+        imports = {r["path"]: r["added_by"] for r in store.list_imported_weights(db).values()}
+    finally:
+        db.conn.close()
+    for row in out:
+        row["added_by"] = imports.get(row["path"]) if row["source"] == "imported" else None
     return out
 
 
@@ -336,11 +344,14 @@ def load_pretrained(model_name: str, home: str | Path | None = None) -> dict[str
         ) from None
 
 
-def import_weights(model: str, file: str | Path, home: str | Path | None = None) -> Path:
+def import_weights(
+    model: str, file: str | Path, home: str | Path | None = None, *, by: dict[str, Any]
+) -> Path:
     """Check that `file` holds weights for `model` and store them as
-    <home>/weights/<model>.safetensors; returns that path."""
+    <home>/weights/<model>.safetensors, recording who imported them; returns that path."""
     from safetensors.torch import save_file
 
+    store.check_permission(by, "import_weights")  # before reading a file of any size
     model_family(model)
     state_dict = read_state_dict(file)
     reference = reference_model(model)
@@ -352,6 +363,11 @@ def import_weights(model: str, file: str | Path, home: str | Path | None = None)
     # safetensors refuses tensors that share memory (tied weights): give each its own copy.
     save_file({k: v.detach().clone().contiguous() for k, v in fitted.items()}, str(partial))
     partial.replace(target)
+    db = store.connect(home)
+    try:
+        store.record_weights(db, model, str(target), str(file), by=by)
+    finally:
+        db.conn.close()
     return target
 
 

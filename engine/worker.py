@@ -3,7 +3,8 @@
 On GPU machines a run gets as many free GPUs as it has processes and several runs go at once
 when they fit; on CPU one run trains at a time. A run ends in a true status whatever dies:
 - the trainer or its launcher: the worker stops what is left of the launcher's process group
-  (one trainer per run) and records the exit, with the trainer's error when it left one;
+  and every trainer process the attempt recorded (one trainer per run), and records the exit
+  by the store's one rule (store.record_exit), only while the run is still its own;
 - the worker itself: its runs are orphans that anyone settles (store.settle_run), this worker
   once restarted included;
 - the disk: the worker lives on through a full disk, retrying the status writes it could not
@@ -24,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from engine import disk, store
-from engine.launch import LaunchError, free_port, gpu_count, gpus_needed, launch_command
+from engine.launch import free_port, gpu_count, gpus_needed, launch_command
 from engine.run_folder import LOG, RunFolder
 
 POLL_SECONDS = 1.0
@@ -52,8 +53,9 @@ class Worker:
     only_run: int | None = None  # `visionboard train` starts a worker for its run alone
     poll: float = POLL_SECONDS
     jobs: dict[int, Job] = field(default_factory=dict)
-    # Run endings not yet written (a full disk): run id -> (status, error), retried each poll.
-    endings: dict[int, tuple[str, str | None]] = field(default_factory=dict)
+    # Run endings not yet written (a full disk), retried each poll: run id -> the launcher's
+    # exit code (store.record_exit reads what it means), or (status, error) the worker decided.
+    endings: dict[int, int | tuple[str, str | None]] = field(default_factory=dict)
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self):
@@ -116,7 +118,11 @@ class Worker:
         run = queued[0]
         try:
             needed = gpus_needed(run["config"], len(self.gpus))
-        except LaunchError as exc:
+        except Exception as exc:
+            if disk.is_disk_full(exc):
+                raise
+            # A run that cannot be prepared (say, a broken accelerate config file) fails alone;
+            # the worker and the queue behind it go on.
             self.fail_unclaimed(run, str(exc))
             return False
         free = self.free_gpus()
@@ -136,7 +142,13 @@ class Worker:
 
     def launch(self, run: dict, gpus: list[int]) -> None:
         folder = RunFolder(self.home, run["id"])
-        cmd, env = launch_command(run, self.home, gpus, free_port())
+        try:
+            cmd, env = launch_command(run, self.home, gpus, free_port())
+        except Exception as exc:
+            if disk.is_disk_full(exc):
+                raise
+            self.finish(run["id"], "failed", f"could not build the launch command: {exc}")
+            return
         log = None
         try:
             # With less than the reserve free, no run starts: it would die mid-epoch.
@@ -167,7 +179,14 @@ class Worker:
         devices = (
             ",".join(f"cuda:{g}" for g in gpus) or f"cpu x{run['config'].get('num_processes', 1)}"
         )
-        store.record_launch(self.db, run["id"], devices, process.pid, socket.gethostname())
+        host = socket.gethostname()
+        if not store.record_launch(self.db, run["id"], self.id, devices, process.pid, host):
+            # Taken from us meanwhile (settled as an orphan): it must not train beside another.
+            self.warn(f"run {run['id']} is no longer ours; stopping the trainer just started")
+            store.stop_trainers(self.home, run["id"], process.pid, 0.0)
+            process.wait()
+            log.close()
+            del self.jobs[run["id"]]
 
     def watch(self) -> None:
         for run_id, job in list(self.jobs.items()):
@@ -176,11 +195,12 @@ class Worker:
                 self.forward_cancel(job)
                 continue
             # The launcher is gone: a trainer it leaves behind must not train on unwatched,
-            # nor beside the next attempt. Its process group is the launcher's pid.
-            store.stop_group(job.process.pid, LAUNCHER_GRACE_SECONDS)
+            # nor beside the next attempt: its process group (the launcher's pid) and each
+            # trainer process (torchrun starts them outside that group) are stopped.
+            store.stop_trainers(self.home, run_id, job.process.pid, LAUNCHER_GRACE_SECONDS)
             job.log.close()
             del self.jobs[run_id]
-            self.record_end(run_id, code)
+            self.endings[run_id] = code
         self.write_endings()
 
     def forward_cancel(self, job: Job) -> None:
@@ -190,24 +210,7 @@ class Worker:
         if job.cancel_sent_at is None:
             job.cancel_sent_at = time.monotonic()
         elif time.monotonic() - job.cancel_sent_at > CANCEL_GRACE_SECONDS:
-            kill_group(job.process, signal.SIGKILL)
-
-    def record_end(self, run_id: int, code: int) -> None:
-        """The launcher's exit code (its whole group stopped) -> the run's status and error."""
-        run = store.get_run(self.db, run_id)
-        if run and run["cancel_requested"]:
-            self.finish(run_id, "cancelled")
-        elif code == 0:
-            self.finish(run_id, "completed")
-        else:
-            if run and run.get("trainer_error"):
-                error = run["trainer_error"]
-            elif code < 0:
-                error = f"trainer killed by signal {signal.Signals(-code).name}"
-            else:
-                error = f"trainer exited with code {code}; see {LOG}"
-                error += disk.disk_full_note(RunFolder(self.home, run_id).path)
-            self.finish(run_id, "failed", error)
+            store.signal_trainers(self.home, job.run_id, job.process.pid, signal.SIGKILL)
 
     def finish(self, run_id: int, status: str, error: str | None = None) -> None:
         """Record a run's end; its trainer's process group is gone, so the row forgets it."""
@@ -216,15 +219,25 @@ class Worker:
 
     def write_endings(self) -> None:
         """Write the endings not written yet; on a full disk keep them for the next poll."""
-        for run_id, (status, error) in list(self.endings.items()):
+        for run_id, ending in list(self.endings.items()):
             try:
-                store.set_status(self.db, run_id, status, error=error, trainer_pid=None)
+                if isinstance(ending, int):
+                    written = store.record_exit(self.db, run_id, self.id, ending)
+                else:
+                    status, error = ending
+                    written = store.set_status(
+                        self.db, run_id, status, error=error, worker=self.id, trainer_pid=None
+                    )
             except Exception as exc:
                 if not disk.is_disk_full(exc):
                     raise
-                self.warn(f"cannot record that run {run_id} {status} ({exc}); trying again")
+                self.warn(f"cannot record that run {run_id} ended ({exc}); trying again")
                 return
             del self.endings[run_id]
+            if not written:
+                # Settled by a reader while we could not write, maybe resumed and claimed
+                # since: its row is no longer ours to end.
+                self.warn(f"run {run_id} is no longer ours: its ending was not recorded")
 
     # -- recovery ---------------------------------------------------------------------
     def recover(self) -> None:
@@ -235,15 +248,15 @@ class Worker:
     def shutdown(self) -> None:
         """Stopping the worker cancels what it runs, so no run is left 'running'."""
         for job in self.jobs.values():
-            kill_group(job.process, signal.SIGTERM)
+            store.signal_trainers(self.home, job.run_id, job.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for run_id, job in list(self.jobs.items()):
             try:
                 job.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                kill_group(job.process, signal.SIGKILL)
+                store.signal_trainers(self.home, run_id, job.process.pid, signal.SIGKILL)
                 job.process.wait()
-            store.stop_group(job.process.pid, 5.0)  # what the launcher left behind
+            store.stop_trainers(self.home, run_id, job.process.pid, 5.0)  # what is left
             job.log.close()
             try:
                 cancelled = store.cancel_requested(self.db, run_id)
@@ -265,10 +278,3 @@ class Worker:
                 raise
             # Left running with our row silent: any later look settles them (store.settle_run).
             self.warn(f"stopped without recording every run's end ({exc})")
-
-
-def kill_group(process: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

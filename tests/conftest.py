@@ -3,6 +3,16 @@ import pytest
 from engine import store
 
 
+@pytest.fixture(autouse=True, scope="session")
+def data_roots(tmp_path_factory):
+    """Tests write their datasets under pytest's temporary folder: it is a data root, as the
+    admin lists the team's data folders (engine/data_roots.py). Session-wide, so module-scoped
+    fixtures that train on a dataset see it too; tests of the confinement set their own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VISIONBOARD_DATA_ROOTS", str(tmp_path_factory.getbasetemp()))
+        yield
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A fresh data directory, also set as $VISIONBOARD_HOME for code that reads it."""

@@ -5,6 +5,7 @@ the run completes, re-runs it, and opens Compare with both. Screenshots go to th
 folder and to $VISIONBOARD_SCREENSHOTS when set.
 """
 
+import getpass
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from engine import store
+from engine.config import RunConfig
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -178,10 +180,6 @@ def test_browser_launch_watch_and_compare(server, tmp_path):
             assert dataset.input_value().startswith("digits (classification")
             # Opened first on a fresh server, the page still runs inside the router.
             assert not page.get_by_text("Page not found").count()
-            name = page.get_by_role("textbox", name="Your name")
-            name.fill("dana")
-            name.press("Enter")
-            page.wait_for_timeout(300)
             choose(page, "Model", "efficientnet_b0")
             widget(page, "stCheckbox", "Pretrained").locator("label").click()
             set_number(page, "Image size", 32)
@@ -237,6 +235,134 @@ def test_browser_launch_watch_and_compare(server, tmp_path):
     )
     assert (config["epochs"], config["batch_size"], config["num_workers"]) == (1, 16, 0)
     assert runs[2]["config"] == config
-    assert runs[1]["user"] == runs[2]["user"] == "dana"  # asked once per browser session
+    # No account configured: the single local user (the server's OS user) owns both runs.
+    assert runs[1]["user"] == runs[2]["user"] == getpass.getuser()
     assert store.get_metrics(db, 1, ["test_roc_auc"])
     assert (home / "1" / "export" / "model.onnx").is_file()
+
+
+# -- two users of one server -------------------------------------------------------------------
+
+LOCAL_ADMIN = {"username": "admin", "role": "admin"}  # the command line, on the server
+PASSWORDS = {"ada": "ada's long password", "bob": "bob's long password"}
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    """The dashboard alone (`streamlit run`, as `serve` starts it) on a free port, with accounts
+    ada and bob and one queued run each. No worker: the runs stay queued, so Cancel applies."""
+    home = tmp_path / "home"
+    db = store.connect(home)
+    runs = {}
+    for name, password in PASSWORDS.items():
+        store.add_user(db, name, "member", password, by=LOCAL_ADMIN)
+        user = {"username": name, "role": "member"}
+        config = RunConfig.from_dict(
+            {"dataset": "digits", "model": "efficientnet_b0", "pretrained": False}
+        ).resolved()
+        runs[name] = store.create_run(db, config, name=f"{name}'s run", by=user)
+    db.conn.close()
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    env = dict(os.environ, VISIONBOARD_HOME=str(home), VISIONBOARD_SAMPLES="0")
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+        "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log)
+        yield url, home, runs
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def sign_in(page, url: str, name: str) -> None:
+    page.goto(url + "/runs")
+    page.get_by_role("textbox", name="User name").fill(name)
+    page.get_by_role("textbox", name="Password").fill(PASSWORDS[name])
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.get_by_role("heading", name="Runs").wait_for(timeout=60_000)
+    # The page sets the session cookie by script just after signing in; a new page load before
+    # that would start signed out, so wait for it as a person's next click would.
+    page.wait_for_function("document.cookie.includes('vb_session=')", timeout=30_000)
+
+
+def runs_caption(page, total: int):
+    """The Runs table's caption once it counts `total` runs (it follows every user's runs)."""
+    return page.get_by_text(f"{total} of {total} runs", exact=False)
+
+
+def test_browser_two_users_see_each_others_runs_and_cancel_only_their_own(dashboard, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_or_skip()
+    url, home, runs = dashboard
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        pages = {}
+        try:
+            for name in PASSWORDS:  # one browser profile each: their own cookies
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})
+                pages[name] = context.new_page()
+                pages[name].on("pageerror", lambda exc: errors.append(str(exc)))
+                sign_in(pages[name], url, name)
+            ada, bob = pages["ada"], pages["bob"]
+            # Both runs in both tables, and each run page says who launched it.
+            for page in (ada, bob):
+                runs_caption(page, 2).wait_for(timeout=30_000)
+            bob.goto(url + f"/run?run={runs['ada']}")
+            bob.get_by_text("launched by ada").wait_for(timeout=60_000)
+            ada.goto(url + f"/run?run={runs['bob']}")
+            ada.get_by_text("launched by bob").wait_for(timeout=60_000)
+            # Bob cannot cancel Ada's run: the page says so and offers no Cancel.
+            bob.get_by_text("Read only", exact=False).wait_for(timeout=30_000)
+            assert not bob.get_by_role("button", name="Cancel", exact=True).count()
+            screenshot(bob, tmp_path, "bob-on-adas-run")
+            # A reload keeps him signed in (the session cookie), and still no Cancel.
+            bob.reload()
+            bob.get_by_text("launched by ada").wait_for(timeout=60_000)
+            assert not bob.get_by_role("textbox", name="User name").count()
+            assert not bob.get_by_role("button", name="Cancel", exact=True).count()
+
+            # Live: Bob watches the Runs page while Ada queues a run; it appears, no reload.
+            bob.goto(url + "/runs")
+            runs_caption(bob, 2).wait_for(timeout=30_000)
+            ada.goto(url + f"/run?run={runs['ada']}")
+            ada.get_by_role("button", name="Re-run", exact=True).click()
+            ada.wait_for_url(re.compile(r"/run\?run=3"), timeout=60_000)
+            runs_caption(bob, 3).wait_for(timeout=30_000)
+            screenshot(bob, tmp_path, "bob-sees-adas-new-run")
+
+            # His own run he cancels.
+            bob.goto(url + f"/run?run={runs['bob']}")
+            bob.get_by_role("button", name="Cancel", exact=True).click()
+            bob.get_by_text("cancelled").first.wait_for(timeout=30_000)
+            assert not bob.locator('[data-testid="stException"]').count()
+            assert not ada.locator('[data-testid="stException"]').count()
+        except Exception:
+            for name, page in pages.items():
+                screenshot(page, tmp_path, f"{name}-at-failure")
+            raise
+        finally:
+            browser.close()
+    assert not errors, errors
+
+    db = store.connect(home)
+    by_id = {r["id"]: r for r in store.list_runs(db)}
+    assert (by_id[runs["ada"]]["status"], by_id[runs["ada"]]["cancel_requested"]) == ("queued", 0)
+    assert by_id[runs["bob"]]["status"] == "cancelled"
+    assert (by_id[3]["user"], by_id[3]["status"]) == ("ada", "queued")

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from factories import ADMIN
 
 from engine import cli, store
 
@@ -12,7 +13,9 @@ def run_cli(home, *args):
 
 
 def test_resume_refuses_overrides_and_finished_runs(db, home, capsys):
-    run_id = store.create_run(db, {"task": "classification", "model": "m", "dataset": "d"})
+    run_id = store.create_run(
+        db, {"task": "classification", "model": "m", "dataset": "d"}, by=ADMIN
+    )
     store.claim_run(db, "w")
     store.set_status(db, run_id, "completed")
     assert run_cli(home, "train", "--resume", str(run_id)) == 2
@@ -31,13 +34,13 @@ def test_train_rejects_bad_config_unknown_model_and_missing_dataset(home, tmp_pa
     assert run_cli(home, "train", "--set", f"dataset={data}", "--set", "model=resnet_nope") == 2
     assert "model:" in capsys.readouterr().err
     assert run_cli(home, "train", "--set", "dataset=/no/such/folder", "--no-follow") == 2
-    assert "does not exist on this machine" in capsys.readouterr().err
+    assert "does not exist inside the data roots" in capsys.readouterr().err
     assert store.list_runs(store.connect(home)) == []  # nothing was queued
 
 
 def test_runs_listing_and_show_json(db, home, capsys):
     run_id = store.create_run(
-        db, {"task": "classification", "model": "m", "dataset": "d", "epochs": 2}
+        db, {"task": "classification", "model": "m", "dataset": "d", "epochs": 2}, by=ADMIN
     )
     store.update_summary(db, run_id, best_metric=0.75, epochs_trained=1)
     store.add_metrics(db, run_id, 3, 1, {"test_roc_auc": 0.75})
@@ -59,7 +62,8 @@ def test_weights_commands_name_what_is_missing(home, capsys, args):
 
 def test_runs_cancel_and_delete_follow_the_stores_rules(db, home, capsys):
     base = {"task": "classification", "model": "m", "dataset": "d"}
-    running = store.create_run(db, base)
+    running = store.create_run(db, base, by=ADMIN)
+    store.beat_worker(db, "w", "elsewhere", 1)  # a live worker (on another host) holds it
     store.claim_run(db, "w", run_id=running)
     assert run_cli(home, "runs", "delete", str(running)) == 2
     assert f"run {running} is running" in capsys.readouterr().err

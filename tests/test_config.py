@@ -100,6 +100,37 @@ def test_detection_specific_errors():
     assert "coco" in errors["dataset_format"]
 
 
+def test_a_key_of_the_other_task_is_refused_naming_the_key_that_applies():
+    # image_size was silently ignored by detectors, which resize with min_size / max_size.
+    errors = errors_of({"dataset": "d", "task": "detection", "image_size": 512})
+    assert errors["image_size"] == (
+        "image_size: got 512, expected empty for detection: image_size applies to "
+        "classification only; detection uses min_size and max_size"
+    )
+    errors = errors_of({"dataset": "d", "min_size": 512, "max_size": 256})
+    assert errors["min_size"] == (
+        "min_size: got 512, expected 800 for classification: min_size applies to detection "
+        "only; classification uses image_size"
+    )
+    assert "classification uses image_size" in errors["max_size"]
+
+
+def test_keys_of_the_other_task_at_their_defaults_never_trip_validation():
+    # What the form sends for hidden fields, and what every stored config holds.
+    for task in ("classification", "detection"):
+        defaults = {f["name"]: f["default"] for f in field_info() if f["name"] != "dataset"}
+        RunConfig.from_dict({**defaults, "dataset": "d", "task": task})
+    RunConfig.from_dict({"dataset": "d", "task": "detection", "min_size": 512, "max_size": 640})
+    RunConfig.from_dict({"dataset": "d", "image_size": 64})
+
+
+def test_task_specific_keys_say_which_tasks_they_apply_to():
+    tasks = {f["name"]: f["tasks"] for f in field_info()}
+    assert tasks["image_size"] == ("classification",)
+    assert tasks["min_size"] == tasks["max_size"] == ("detection",)
+    assert tasks["lr"] is None  # every task
+
+
 def test_all_errors_reported_at_once():
     with pytest.raises(ConfigError) as info:
         RunConfig.from_dict({"lr": "x", "epochs": 0, "optimizer": "nope"})

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import write_digits_imagefolder
+from factories import ADMIN, write_detection_set, write_digits_imagefolder
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from dashboard import auth
 from engine import store
 from engine.config import RunConfig
 
@@ -45,16 +46,25 @@ def dataset(home, db):
             "images_per_class": {c: {"train": 4, "test": 1} for c in "012"},
             "problems": [],
         },
+        by=ADMIN,
     )
     return root
 
 
-def open_page(page=None, query=None, user=None):
+def open_page(page=None, query=None, user=None, account=None):
+    """A page as a browser gets it: signed in through the identity provider (`user`, what
+    st.user holds), with a built-in `account` ({"username", "role"}), or, with neither on a
+    server without accounts, as the single local user."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     for key, value in (query or {}).items():
         at.query_params[key] = value
     if user is not None:
         at.user = user
+    if account is not None:  # signed in as the password form leaves it: a session token
+        db = store.connect()
+        if store.get_user(db, account["username"]) is None:
+            store.add_user(db, account["username"], account["role"], "a password", by=ADMIN)
+        at.session_state[auth.TOKEN_KEY] = store.open_session(db, account["username"])
     at.run()
     if page:
         at.switch_page(f"pages/{page}.py").run()
@@ -66,7 +76,8 @@ def seed_run(db, dataset, status="completed", epochs=3, steps=4, user="alice", t
     """A run as the worker and trainer leave it: metrics per step and per epoch, a summary."""
     config = {"dataset": str(dataset), "model": "efficientnet_b0", "pretrained": False}
     cfg = RunConfig.from_dict({**config, "epochs": epochs, **over}).resolved()
-    run_id = store.create_run(db, cfg, name=cfg["name"], user=user, tags=tags)
+    owner = {"username": user, "role": "member"}  # who queued it
+    run_id = store.create_run(db, cfg, name=cfg["name"], tags=tags, by=owner)
     if status == "queued":
         return run_id
     store.claim_run(db, "worker-1", run_id)
@@ -124,7 +135,9 @@ def test_app_opens_on_runs_with_an_empty_database(home):
     at = open_page()
     assert at.title[0].value == "Runs"
     assert any("No runs yet" in i.value for i in at.info)
-    assert at.sidebar.text_input(key="vb_user_name_input").value  # defaults to the OS user
+    # No account: the OS user, an admin, and the sidebar says so (no name to type).
+    assert "Single local user" in " ".join(c.value for c in at.sidebar.caption)
+    assert not at.sidebar.text_input
 
 
 def test_every_page_has_its_own_url_the_runs_table_included(home, monkeypatch):
@@ -159,7 +172,6 @@ def test_app_prepares_the_sample_datasets_once(home, monkeypatch):
 
 
 def fill_tiny_run(at):
-    at.sidebar.text_input(key="vb_user_name_input").set_value("bob")
     at.selectbox(key="cfg_dataset_choice").set_value("tiny")
     at.selectbox(key="cfg_model").set_value("efficientnet_b0")
     at.checkbox(key="cfg_pretrained").uncheck()
@@ -174,6 +186,28 @@ def fill_tiny_run(at):
     return at.run()
 
 
+def test_new_run_form_shows_the_data_check_of_the_chosen_dataset(home, db, dataset):
+    at = fill_tiny_run(open_page("new_run"))
+    assert any("no problems found" in c.value for c in at.caption)
+    problems = [
+        {"file": "0/a.png", "message": "truncated", "severity": "blocking", "kind": "unreadable"},
+        {
+            "file": "1/b.png",
+            "message": "near-uniform",
+            "severity": "warning",
+            "kind": "placeholder",
+        },
+    ]
+    store.register_dataset(
+        db, "tiny", str(dataset), "imagefolder", "classification", {"problems": problems},
+        by=ADMIN,
+    )  # fmt: skip
+    at = fill_tiny_run(open_page("new_run"))
+    assert any("1 blocking, 1 warning(s)" in m.value for m in at.markdown)
+    shown = [d.value for d in at.dataframe if "severity" in d.value.columns]
+    assert [list(d["file"]) for d in shown] == [["0/a.png", "1/b.png"]]
+
+
 def test_new_run_form_has_every_key_grouped_with_help(home, dataset):
     from engine.config import GROUPS, field_info
 
@@ -186,6 +220,9 @@ def test_new_run_form_has_every_key_grouped_with_help(home, dataset):
     }
     for info in field_info():
         key = "cfg_dataset_choice" if info["name"] == "dataset" else "cfg_" + info["name"]
+        if "classification" not in (info["tasks"] or ["classification"]):
+            assert key not in keys, f"{info['name']} shown, but classification ignores it"
+            continue
         assert key in keys, f"no widget for {info['name']}"
         assert keys[key].help, f"no help on {info['name']}"
     assert keys["cfg_epochs"].value == 50
@@ -202,7 +239,7 @@ def test_new_run_form_has_every_key_grouped_with_help(home, dataset):
 
 
 def test_new_run_form_queues_the_run_and_opens_it(home, db, dataset):
-    at = fill_tiny_run(open_page("new_run"))
+    at = fill_tiny_run(open_page("new_run", account={"username": "bob", "role": "member"}))
     at.button(key="queue_run").click().run()
     assert not at.exception
     runs = store.list_runs(db)
@@ -231,6 +268,8 @@ def test_new_run_form_queues_the_run_and_opens_it(home, db, dataset):
 
 
 def test_new_run_form_records_the_login_user(home, db, dataset):
+    # Added as a viewer at first sign-in; an admin made her a member.
+    store.get_or_add_oidc_user(db, "carol@example.com", role="member")
     at = open_page("new_run", user={"is_logged_in": True, "email": "carol@example.com"})
     assert not at.sidebar.text_input  # no name to type: the login says who it is
     at.selectbox(key="cfg_dataset_choice").set_value("tiny")
@@ -337,7 +376,33 @@ def test_new_run_form_detection_task_changes_models_and_metrics(home, dataset):
     assert "efficientnet_b0" not in at.selectbox(key="cfg_model").options
     assert at.selectbox(key="cfg_metric").options == ["f1", "precision", "recall", "map", "map_50"]
     assert at.selectbox(key="cfg_dataset_choice").value == "a path on the server…"
-    assert not at.number_input(key="cfg_min_size").disabled
+    # Only what detection reads: min_size and max_size, not image_size.
+    shown = {w.key for w in at.number_input}
+    assert {"cfg_min_size", "cfg_max_size"} <= shown and "cfg_image_size" not in shown
+
+
+def test_new_run_form_lists_the_datasets_of_the_task_and_sends_no_hidden_key(home, db, dataset):
+    boxes = write_detection_set(home / "data" / "boxes", "coco")
+    store.register_dataset(db, "boxes", str(boxes), "coco", "detection", by=store.SERVER_USER)
+    at = open_page("new_run")
+
+    def names(box):  # the options without their "(task, format)"
+        return [o.split(" (")[0] for o in box.options]
+
+    assert names(at.selectbox(key="cfg_dataset_choice")) == ["tiny", "a path on the server…"]
+    at.number_input(key="cfg_image_size").set_value(64).run()  # then detection is chosen
+    at.selectbox(key="cfg_task").set_value("detection").run()
+    choice = at.selectbox(key="cfg_dataset_choice")
+    assert names(choice) == ["boxes", "a path on the server…"] and choice.value == "boxes"
+    assert "cfg_image_size" not in {w.key for w in at.number_input}
+    at.number_input(key="cfg_min_size").set_value(64)
+    at.number_input(key="cfg_max_size").set_value(64)
+    at.checkbox(key="cfg_pretrained").uncheck()
+    at.button(key="queue_run").click().run()
+    assert not [e.value for e in at.error]
+    config = store.list_runs(db)[0]["config"]
+    # The hidden image_size is not sent: it would be refused (it does not apply to detection).
+    assert (config["task"], config["image_size"], config["min_size"]) == ("detection", None, 64)
 
 
 def test_new_run_form_starts_from_a_past_run(home, db, dataset):
@@ -543,6 +608,8 @@ def test_run_page_says_why_a_queued_run_waits(home, db, dataset):
 def test_run_page_and_table_say_when_a_runs_worker_is_gone(home, db, dataset):
     run_id = seed_run(db, dataset, status="running")
     store.update_summary(db, run_id, stop_reason=None)  # its trainer still trains
+    # ... and beat since the claim (a run never launched has no trainer to wait for).
+    db.conn.execute("update runs set started_at = '2000-01-01T00:00:00+00:00'")
     db.conn.execute("update workers set heartbeat_at = '2000-01-01T00:00:00+00:00'")
     db.conn.commit()  # its worker went silent
     at = open_page("run", query={"run": str(run_id)})
@@ -622,6 +689,29 @@ def test_run_page_classification_report(home, db, dataset):
     at.toggle(key="confusion_norm").set_value(True).run()
     z = charts_by_key(at)["chart_confusion"]["data"][0]["z"]
     assert z[0] == [0.5, 0.5, 0.0]
+
+
+def test_run_page_shows_the_final_report_on_test_beside_the_val_one(home, db, dataset):
+    run_id = seed_run(db, dataset)
+    write_classification_predictions(home, run_id, dataset)
+    folder = store.run_dir(run_id, home)
+    final = json.loads((folder / "predictions.json").read_text())
+    final["targets"] = [0, 0, 1, 1, 2, 2]
+    final["probs"] = [[0.9, 0.05, 0.05]] * 6  # everything taken for 0: 2 of 6 right
+    (folder / "final_predictions.json").write_text(json.dumps({**final, "split": "test"}))
+    report = {"split": "test", "best_epoch": 3, "images": 6, "metrics": {"accuracy": 1 / 3}}
+    store.update_summary(db, run_id, eval_split="val", final_test=report)
+    at = open_page("run", query={"run": str(run_id)})
+    headers = [h.value for h in at.header]
+    assert "Evaluation on the val split (best epoch 3)" in headers
+    assert "Final report on the test split (best epoch 3)" in headers
+    assert any("6 test images that took no part in training" in c.value for c in at.caption)
+    metrics = next(d.value for d in at.dataframe if "metric" in d.value.columns)
+    assert list(metrics["metric"]) == ["accuracy"] and metrics["value"][0] == pytest.approx(1 / 3)
+    figures = charts_by_key(at)
+    assert figures["final_chart_confusion"]["data"][0]["z"] == [[2, 0, 0], [2, 0, 0], [2, 0, 0]]
+    assert figures["chart_confusion"]["data"][0]["z"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert figures["chart_metric"]["layout"]["title"]["text"].startswith("Val metrics")
 
 
 def write_detection_predictions(home, run_id):
@@ -812,6 +902,93 @@ def test_datasets_page_lists_the_problems_found(home, db):
     assert any("problem(s) found" in w.value for w in at.warning)
     problems = [d.value for d in at.dataframe if "message" in d.value.columns][0]
     assert any("broken.png" in f for f in problems["file"])
+
+
+def zip_of(folder: Path, top: str = "", extra: dict | None = None) -> bytes:
+    """The files under `folder` zipped (inside a folder `top` when given), plus `extra`
+    entries {name: bytes} written as they are named."""
+    import zipfile
+
+    out = BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, str(Path(top) / path.relative_to(folder)))
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def upload_zip(at, data: bytes, name: str = "") -> None:
+    at.text_input(key="up_name").set_value(name)
+    at.file_uploader(key="up_zip").set_value(("upload.zip", data, "application/zip"))
+    at.button(key="FormSubmitter:upload_dataset-Upload").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_datasets_page_uploads_a_zip_and_registers_it(home, db, tmp_path):
+    folder = write_digits_imagefolder(tmp_path / "digits", per_class=4, classes=range(3))
+    at = open_page("datasets")
+    upload_zip(at, zip_of(folder, top="my digits"), name="uploaded")
+    found = store.get_dataset(db, "uploaded")
+    assert found and (found["task"], found["format"]) == ("classification", "imagefolder")
+    assert Path(found["path"]) == home / "datasets" / "uploaded"
+    assert sorted(p.name for p in (home / "datasets" / "uploaded").iterdir()) == ["0", "1", "2"]
+    assert any("Uploaded and registered **uploaded**" in s.value for s in at.success)
+    assert at.selectbox(key="dataset_view").value == "uploaded"
+    assert any("No problems found" in s.value for s in at.success)
+
+
+def test_datasets_page_refuses_an_unsafe_zip_and_keeps_nothing(home, db, tmp_path):
+    folder = write_digits_imagefolder(tmp_path / "digits", per_class=3, classes=range(2))
+    at = open_page("datasets")
+    upload_zip(at, zip_of(folder, extra={"../../evil.txt": b"x"}), name="evil")
+    assert any("Upload refused: ../../evil.txt: '..'" in e.value for e in at.error)
+    assert store.get_dataset(db, "evil") is None
+    assert not (home.parent / "evil.txt").exists()
+    assert list((home / "datasets").iterdir()) == []  # no staging folder left behind
+
+
+def test_datasets_page_shows_the_check_of_a_blocked_upload(home, db, tmp_path):
+    folder = write_digits_imagefolder(tmp_path / "digits", per_class=3, classes=range(2))
+    (folder / "empty").mkdir()
+    (folder / "1" / "zero.png").write_bytes(b"")
+    at = open_page("datasets")
+    upload_zip(at, zip_of(folder, extra={"empty/": b""}), name="blocked")
+    assert store.get_dataset(db, "blocked") is None
+    assert not (home / "datasets" / "blocked").exists()
+    assert any("Nothing was kept" in e.value for e in at.error)
+    assert any("1 blocking problem(s)" in e.value for e in at.error)
+    table = [d.value for d in at.dataframe if "severity" in d.value.columns][0]
+    assert list(table["severity"]) == ["blocking", "warning"]
+    assert list(table["file"]) == ["empty", "1/zero.png"]
+
+
+def test_datasets_page_builds_a_dataset_from_image_files_class_by_class(home, db):
+    def png(seed: int) -> bytes:
+        rng = np.random.default_rng(seed)
+        out = BytesIO()
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(out, "PNG")
+        return out.getvalue()
+
+    at = open_page("datasets")
+    at.radio(key="up_kind").set_value("Image files of one class").run()
+    for class_name, seeds in (("cat", (1, 2, 3)), ("dog", (4, 5, 6))):
+        at.text_input(key="up_name").set_value("pets")
+        at.text_input(key="up_class").set_value(class_name)
+        files = [(f"{class_name}{k}.png", png(k), "image/png") for k in seeds]
+        at.file_uploader(key="up_images").set_value(files)
+        at.button(key="FormSubmitter:upload_dataset-Upload").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        if class_name == "cat":  # one class alone cannot be trained on: kept, not registered
+            assert store.get_dataset(db, "pets") is None
+            assert any("only one class" in e.value for e in at.error)
+            assert any("The images are kept" in e.value for e in at.error)
+    found = store.get_dataset(db, "pets")
+    assert found and found["info"]["classes"] == ["cat", "dog"]
+    assert sorted(p.name for p in (home / "datasets" / "pets" / "dog").iterdir()) == [
+        "dog4.png", "dog5.png", "dog6.png"
+    ]  # fmt: skip
 
 
 # -- try it ----------------------------------------------------------------------------------

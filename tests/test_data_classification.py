@@ -169,6 +169,17 @@ def test_csv_split_column_gives_the_dataset_split(tmp_path):
         load_splits(csv_path, "classification")
 
 
+def test_csv_split_column_with_val_and_test_keeps_all_three(tmp_path):
+    csv_path = write_digits_csv(tmp_path / "ds", per_class=4, classes=range(2))
+    names = {0: "train", 1: "train", 2: "val", 3: "test"}
+    rows = [r + [names[k % 4]] for k, r in enumerate(_csv_rows(csv_path))]
+    _rewrite_csv(csv_path, ["file", "class", "split"], rows)
+    splits = load_splits(csv_path, "classification")
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (4, 2, 2)
+    assert splits.per_epoch == splits.val and splits.final == splits.test
+    assert splits.counts["images"] == {"train": 4, "val": 2, "test": 2}
+
+
 # -- images ---------------------------------------------------------------------------------
 
 
@@ -259,7 +270,7 @@ def test_auto_format_and_inspect_for_classification(tmp_path):
 
 def test_inspect_never_raises(tmp_path):
     report = inspect_dataset(tmp_path / "missing")
-    assert "dataset not found" in report["error"]
+    assert "does not exist inside the data roots" in report["error"]
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("hello")
     assert "cannot tell the dataset format" in inspect_dataset(tmp_path / "junk")["error"]

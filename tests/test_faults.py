@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from factories import write_digits_imagefolder
+from factories import ADMIN, write_digits_imagefolder
 from fake_trainer import fake_launch_command
 
 from engine import cli, disk, store, train
@@ -109,7 +110,7 @@ def fake_launch(monkeypatch):
 
 def failed_run(db) -> int:
     """A run that failed (resumable), got there the way a worker gets it there."""
-    run_id = store.create_run(db, BASE)
+    run_id = store.create_run(db, BASE, by=ADMIN)
     store.claim_run(db, "w", run_id=run_id)
     store.set_status(db, run_id, "failed", error="earlier")
     return run_id
@@ -121,7 +122,7 @@ def failed_run(db) -> int:
 def test_a_killed_worker_leaves_a_run_every_reader_sees_and_that_ends_true(
     home, db, processes, capsys
 ):
-    run_id = store.create_run(db, BASE)
+    run_id = store.create_run(db, BASE, by=ADMIN)
     worker = processes.visionboard(3, "--home", str(home), "worker")
     pgid = processes.trainer_of(db, home, run_id)["trainer_pid"]
     assert not store.get_run(db, run_id)["worker_gone"]
@@ -144,7 +145,7 @@ def test_a_killed_worker_leaves_a_run_every_reader_sees_and_that_ends_true(
 
 
 def test_an_orphan_can_be_cancelled_and_then_resumed(home, db, processes, capsys):
-    run_id = store.create_run(db, BASE)
+    run_id = store.create_run(db, BASE, by=ADMIN)
     worker = processes.visionboard(120, "--home", str(home), "worker")
     pgid = processes.trainer_of(db, home, run_id)["trainer_pid"]
     worker.kill()
@@ -155,12 +156,12 @@ def test_an_orphan_can_be_cancelled_and_then_resumed(home, db, processes, capsys
     wait_for(lambda: not store.group_alive(pgid), 30, "trainer stop")
     assert run_cli(home, "runs", "--json") == 0
     assert json.loads(capsys.readouterr().out)[0]["status"] == "cancelled"
-    store.resume_run(db, run_id)
+    store.resume_run(db, run_id, by=ADMIN)
     assert store.get_run(db, run_id)["status"] == "queued"
 
 
 def test_an_orphan_whose_trainer_died_too_fails_with_why(home, db, processes, capsys):
-    run_id = store.create_run(db, BASE)
+    run_id = store.create_run(db, BASE, by=ADMIN)
     worker = processes.visionboard(120, "--home", str(home), "worker")
     pgid = processes.trainer_of(db, home, run_id)["trainer_pid"]
     worker.kill()
@@ -171,7 +172,7 @@ def test_an_orphan_whose_trainer_died_too_fails_with_why(home, db, processes, ca
     shown = json.loads(capsys.readouterr().out)
     assert shown["status"] == "failed"
     assert "stopped and its trainer is gone" in shown["error"]
-    store.resume_run(db, run_id)  # nothing of it runs: it may be resumed
+    store.resume_run(db, run_id, by=ADMIN)  # nothing of it runs: it may be resumed
     assert store.get_run(db, run_id)["status"] == "queued"
 
 
@@ -179,7 +180,7 @@ def test_a_restarted_worker_records_the_end_of_a_run_its_predecessor_left(
     home, db, processes, monkeypatch
 ):
     monkeypatch.setattr(worker_module, "RECOVER_SECONDS", 0.5)
-    run_id = store.create_run(db, BASE)
+    run_id = store.create_run(db, BASE, by=ADMIN)
     worker = processes.visionboard(2, "--home", str(home), "worker")
     pgid = processes.trainer_of(db, home, run_id)["trainer_pid"]
     worker.kill()
@@ -215,7 +216,7 @@ def test_killing_the_launcher_stops_its_trainer_and_a_resume_starts_one(
     home, db, fake_launch, processes
 ):
     fake_launch(120)
-    run_id = store.create_run(db, BASE)
+    run_id = store.create_run(db, BASE, by=ADMIN)
     worker = Worker(home)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -229,10 +230,10 @@ def test_killing_the_launcher_stops_its_trainer_and_a_resume_starts_one(
         assert run["error"] == "trainer killed by signal SIGKILL"
         assert run["trainer_pid"] is None  # nothing of it runs
         (RunFolder(home, run_id).path / "trainer.pid").unlink()
-        store.resume_run(db, run_id)
+        store.resume_run(db, run_id, by=ADMIN)
         second = processes.trainer_of(db, home, run_id)["trainer_pid"]
         assert second != launcher and store.group_alive(second)
-        store.request_cancel(db, run_id)
+        store.request_cancel(db, run_id, by=ADMIN)
         wait_for(lambda: store.get_run(db, run_id)["status"] == "cancelled", 30, "cancel")
     finally:
         worker.stop_event.set()
@@ -261,8 +262,8 @@ def test_the_worker_lives_through_a_full_disk(home, db, fake_launch, monkeypatch
     full = sqlite3.OperationalError("database or disk is full")
     monkeypatch.setattr(store, "beat_worker", failing(store.beat_worker, 3, full))
     no_space = OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(store, "set_status", failing(store.set_status, 2, no_space))
-    run_id = store.create_run(db, BASE)
+    monkeypatch.setattr(store, "record_exit", failing(store.record_exit, 2, no_space))
+    run_id = store.create_run(db, BASE, by=ADMIN)
     Worker(home, only_run=run_id, poll=0.1).run()
     run = store.get_run(db, run_id)
     assert (run["status"], run["error"]) == ("completed", None)
@@ -272,7 +273,7 @@ def test_the_worker_lives_through_a_full_disk(home, db, fake_launch, monkeypatch
 
 def test_a_run_is_not_started_without_room_and_says_disk_full(home, db, monkeypatch):
     monkeypatch.setattr(disk, "free_bytes", lambda path: 3 * disk.MB)
-    run_id = store.create_run(db, BASE)
+    run_id = store.create_run(db, BASE, by=ADMIN)
     Worker(home, only_run=run_id).run()
     run = store.get_run(db, run_id)
     folder = RunFolder(home, run_id).path
@@ -290,7 +291,7 @@ def digits(tmp_path_factory):
 def train_claimed(home, db, digits) -> int:
     """A tiny run, claimed as a worker claims it, trained in this process; returns its id."""
     config = RunConfig.from_dict({**TINY, "dataset": str(digits), "epochs": 1}).resolved()
-    run_id = store.create_run(db, config)
+    run_id = store.create_run(db, config, by=ADMIN)
     store.claim_run(db, "w", run_id=run_id)
     assert train.main(["--run-id", str(run_id), "--home", str(home)]) == 1
     return run_id
@@ -305,7 +306,7 @@ def test_the_trainer_stops_before_filling_the_disk_and_says_so(home, db, digits,
     assert run["trainer_error"].endswith(" MB needed")
     assert run["summary"]["stop_reason"] == "failed"
     assert not folder.model.exists()  # stopped before the large write, not in the middle
-    Worker(home).record_end(run_id, 1)  # the worker's record of the exit keeps the cause
+    store.record_exit(db, run_id, "w", 1)  # the worker's record of the exit keeps the cause
     assert store.get_run(db, run_id)["error"] == run["trainer_error"]
 
 
@@ -357,7 +358,7 @@ def test_killing_accelerate_launch_stops_the_trainer_and_a_resume_trains_alone(
     home, db, digits, processes
 ):
     config = RunConfig.from_dict({**TINY, "dataset": str(digits), "epochs": 4}).resolved()
-    run_id = store.create_run(db, config)
+    run_id = store.create_run(db, config, by=ADMIN)
     worker = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "--home", str(home), "worker"], cwd=ROOT
     )
@@ -368,7 +369,7 @@ def test_killing_accelerate_launch_stops_the_trainer_and_a_resume_trains_alone(
     os.kill(launcher, signal.SIGKILL)  # accelerate launch only: its trainer is its child
     wait_for(lambda: store.get_run(db, run_id)["status"] == "failed", 60, "recorded end")
     assert not store.group_alive(launcher)  # the trainer did not train on
-    store.resume_run(db, run_id)
+    store.resume_run(db, run_id, by=ADMIN)
     wait_for(lambda: store.get_run(db, run_id)["status"] == "completed", 300, "completion")
     worker.send_signal(signal.SIGTERM)
     worker.wait(30)
@@ -378,3 +379,157 @@ def test_killing_accelerate_launch_stops_the_trainer_and_a_resume_trains_alone(
     assert epochs == [1, 2, 3, 4]
     steps = [m["step"] for m in metrics if m["name"] == "lr"]
     assert len(steps) == len(set(steps))
+
+
+# -- trainer processes outside the launcher's group -------------------------------------------
+
+
+def detached_trainer(home, run_id: int) -> subprocess.Popen:
+    """A process in a session of its own (as torchrun starts each rank), recorded as a
+    trainer process of the run the way engine.train records itself."""
+    process = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    started = wait_for(lambda: store.process_started(process.pid), 10, "process")
+    RunFolder(home, run_id).record_trainer(socket.gethostname(), process.pid, started)
+    return process
+
+
+def test_a_trainer_outside_the_launchers_group_is_seen_and_stopped(home, db):
+    run_id = failed_run(db)
+    store.resume_run(db, run_id, by=ADMIN)
+    store.claim_run(db, "gone:1", run_id=run_id)
+    launcher = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    store.record_launch(db, run_id, "gone:1", "cpu x2", launcher.pid, socket.gethostname())
+    rank = detached_trainer(home, run_id)
+    try:
+        launcher.kill()  # `kill -- -<launcher pgid>` reaches the launcher only
+        launcher.wait()
+        assert not store.group_alive(launcher.pid)
+        run = store.get_run(db, run_id)
+        assert run["worker_gone"] and store.trainer_alive(db, run)
+        assert store.settle_run(db, run_id) is None  # it trains on
+        with pytest.raises(store.TrainerStillRunning):
+            store.resume_run(db, run_id, by=ADMIN)
+        store.stop_trainers(home, run_id, launcher.pid, grace=5.0)
+        assert rank.wait(10) is not None
+        assert store.settle_run(db, run_id) == "failed"
+        store.resume_run(db, run_id, by=ADMIN)
+        # A new attempt forgets the last one's processes (a reused pid is not a trainer).
+        store.claim_run(db, "w", run_id=run_id)
+        assert RunFolder(home, run_id).trainer_records() == []
+    finally:
+        for process in (launcher, rank):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_the_worker_stops_trainer_processes_its_launcher_left(home, db, fake_launch, processes):
+    fake_launch(120)
+    run_id = store.create_run(db, BASE, by=ADMIN)
+    worker = Worker(home, poll=0.1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    rank = None
+    try:
+        launcher = processes.trainer_of(db, home, run_id)["trainer_pid"]
+        rank = detached_trainer(home, run_id)
+        os.killpg(launcher, signal.SIGKILL)  # the launcher's whole group
+        wait_for(lambda: store.get_run(db, run_id)["status"] == "failed", 30, "recorded end")
+        assert rank.wait(10) is not None  # the rank outside the group was stopped too
+    finally:
+        worker.stop_event.set()
+        thread.join(30)
+        if rank is not None and rank.poll() is None:
+            rank.kill()
+            rank.wait()
+
+
+# -- readers on a full disk -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        sqlite3.OperationalError("database or disk is full"),
+        sqlite3.OperationalError("database is locked"),
+        OSError(errno.ENOSPC, "No space left on device"),
+    ],
+)
+def test_reading_runs_on_a_full_disk_shows_them_as_they_are(home, db, monkeypatch, capsys, error):
+    run_id = store.create_run(db, BASE, by=ADMIN)
+    monkeypatch.setattr(store, "settle_orphans", failing(store.settle_orphans, 99, error))
+    monkeypatch.setattr(store, "settle_run", failing(store.settle_run, 99, error))
+    assert run_cli(home, "runs", "--json") == 0
+    assert json.loads(capsys.readouterr().out)[0]["id"] == run_id
+    assert run_cli(home, "runs", "show", str(run_id)) == 0
+    assert store.settle_quietly(db, run_id) == []
+    monkeypatch.setattr(store, "settle_orphans", failing(store.settle_orphans, 99, ValueError()))
+    with pytest.raises(ValueError):  # only a full disk or a lock is waited out
+        store.settle_quietly(db)
+
+
+# -- the trainer: a cancel at an epoch's end, the disk decided by the main process ------------
+
+
+def test_a_cancel_seen_at_the_end_of_an_epoch_keeps_that_epoch(home, db, digits, monkeypatch):
+    import engine.metric_log
+
+    # The cancel arrives once the epoch's metrics are written: the epoch-end check sees it.
+    def cancel_after_epoch(db, run_id):
+        return bool(store.get_metrics(db, run_id, ["test_accuracy"]))
+
+    monkeypatch.setattr(engine.metric_log.store, "cancel_requested", cancel_after_epoch)
+    config = RunConfig.from_dict({**TINY, "dataset": str(digits), "epochs": 3}).resolved()
+    run_id = store.create_run(db, config, by=ADMIN)
+    store.claim_run(db, "w", run_id=run_id)
+    assert train.main(["--run-id", str(run_id), "--home", str(home)]) == 0
+    summary = store.get_run(db, run_id)["summary"]
+    assert summary["stop_reason"] == "cancelled"
+    assert summary["epochs_trained"] == 1  # it used to be thrown away with the checkpoint
+    assert RunFolder(home, run_id).checkpoint.exists()
+
+
+def test_the_main_process_decides_whether_the_disk_has_room(home, monkeypatch):
+    import torch
+
+    from engine.train import Trainer
+
+    monkeypatch.setattr(disk, "free_bytes", lambda path: 1 * disk.MB)  # this rank's view
+    trainer = Trainer.__new__(Trainer)
+    trainer.folder = RunFolder(home, 1)
+    trainer.accelerator = type("Acc", (), {"num_processes": 2, "device": "cpu"})()
+    # A rank other than the main one follows the main one's measure, which had room.
+    trainer.main = False
+    monkeypatch.setattr(train, "broadcast", lambda t: torch.tensor([1e12]))
+    trainer.require_space(10 * disk.MB)
+    # Every rank stops when the main one finds too little, with its figures.
+    monkeypatch.setattr(train, "broadcast", lambda t: torch.tensor([3.0 * disk.MB]))
+    with pytest.raises(disk.DiskFull, match="disk full: 3 MB free in"):
+        trainer.require_space(10 * disk.MB)
+
+
+@pytest.mark.slow
+def test_killing_the_launcher_of_a_two_process_run_stops_both_trainers(home, db, digits, processes):
+    # torchrun (accelerate launch --multi_gpu) starts each rank in a session of its own: a
+    # kill of the launcher's group used to leave both training, unseen by group_alive.
+    config = RunConfig.from_dict(
+        {**TINY, "dataset": str(digits), "epochs": 200, "num_processes": 2}
+    ).resolved()
+    run_id = store.create_run(db, config, by=ADMIN)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "--home", str(home), "worker"], cwd=ROOT
+    )
+    processes.started.append(worker)
+    wait_for(lambda: store.get_metrics(db, run_id, ["lr"]), 240, "training step")
+    launcher = store.get_run(db, run_id)["trainer_pid"]
+    processes.groups.append(launcher)
+    ranks = [pid for _, pid, _ in RunFolder(home, run_id).trainer_records()]
+    processes.groups.extend(ranks)
+    assert len(ranks) == 2 and all(os.getpgid(pid) != launcher for pid in ranks)
+    os.killpg(launcher, signal.SIGKILL)  # the launcher's whole process group
+    wait_for(lambda: store.get_run(db, run_id)["status"] == "failed", 60, "recorded end")
+    assert store.trainer_processes(home, run_id) == []
+    assert all(store.process_started(pid) is None for pid in ranks)
+    assert not store.trainer_alive(db, store.get_run(db, run_id))
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(30)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from factories import write_digits_imagefolder
+from factories import ADMIN, write_digits_imagefolder
 
 from engine import store
 from engine.config import ConfigError, RunConfig
@@ -160,13 +160,13 @@ def test_preflight_refuses_fp16_when_auto_means_the_cpu(home, db, tmp_path, monk
 
 
 def test_the_worker_fails_a_run_it_cannot_train_naming_the_key(home, db):
-    run_id = store.create_run(db, {**TINY, "dataset": "d", "mixed_precision": "fp16"})
+    run_id = store.create_run(db, {**TINY, "dataset": "d", "mixed_precision": "fp16"}, by=ADMIN)
     worker = Worker(home)
     worker.gpus = []
     assert worker.start_next() is False
     run = store.get_run(db, run_id)
     assert run["status"] == "failed" and run["error"].startswith("mixed_precision=fp16")
-    store.create_run(db, {**TINY, "dataset": "d", "device": "cuda"})
+    store.create_run(db, {**TINY, "dataset": "d", "device": "cuda"}, by=ADMIN)
     worker.start_next()
     assert "device=cuda" in store.list_runs(db, status="failed")[0]["error"]
     worker.db.conn.close()
@@ -218,11 +218,11 @@ def test_multi_node_flags(home):
 def test_a_second_machine_joins_with_a_rank_the_worker_does_not_run(home, db, capsys):
     from engine.launch import main
 
-    one = store.create_run(db, {**TINY, "dataset": "d"})
+    one = store.create_run(db, {**TINY, "dataset": "d"}, by=ADMIN)
     with pytest.raises(SystemExit, match="nothing to join"):
         main(["--run-id", str(one), "--machine-rank", "1", "--home", str(home)])
     two = store.create_run(
-        db, {**TINY, "dataset": "d", "num_machines": 2, "main_process_ip": "10.0.0.1"}
+        db, {**TINY, "dataset": "d", "num_machines": 2, "main_process_ip": "10.0.0.1"}, by=ADMIN
     )
     with pytest.raises(SystemExit, match="its worker runs rank 0; expected one of 1"):
         main(["--run-id", str(two), "--machine-rank", "0", "--home", str(home)])
@@ -310,12 +310,13 @@ def test_a_missing_or_broken_config_file_is_refused_before_queueing(home, tmp_pa
 
 # -- real launches on this machine -----------------------------------------------------------
 
-PROBE = """
+PROBE = r"""
 import os
 from accelerate import Accelerator
 a = Accelerator()  # what the trainer's device=auto asked for before: no cpu=True
 debug = os.environ.get("ACCELERATE_DEBUG_MODE", "off")
-print("PROBE", a.distributed_type, a.num_processes, a.process_index, a.device.type, debug, flush=True)
+line = f"PROBE {a.distributed_type} {a.num_processes} {a.process_index} {a.device.type} {debug}"
+os.write(1, (line + "\n").encode())  # one write: two ranks share the pipe, print() interleaves
 """
 
 
@@ -394,7 +395,7 @@ def digits(tmp_path_factory):
 def queue(home, dataset, **keys) -> int:
     config = RunConfig.from_dict({**TINY, "dataset": str(dataset), **keys}).resolved()
     db = store.connect(home)
-    run_id = store.create_run(db, config)
+    run_id = store.create_run(db, config, by=ADMIN)
     store.claim_run(db, "test", run_id=run_id)
     return run_id
 
@@ -452,3 +453,63 @@ def test_two_machines_on_localhost_train_one_run(home, digits, tmp_path):
     assert summary["num_processes"] == 2 and summary["global_batch_size"] == 16, summary
     assert summary["stop_reason"] == "epoch limit"
     assert "2 process(es)" in (tmp_path / "rank0.log").read_text()
+
+
+# -- config files: ports and broken fields ----------------------------------------------------
+
+ONE_MACHINE = "distributed_type: MULTI_GPU\nnum_processes: 2\nnum_machines: 1\n"
+
+
+def test_a_one_machine_config_file_gets_the_free_port_unless_it_names_one(tmp_path, home):
+    # Two such runs on one host used to both take accelerate's 29500.
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(ONE_MACHINE)
+    cmd, _ = launch_command(run_row(accelerate_config=str(plain)), home, [0, 1], 41234)
+    assert flag(cmd, "--main_process_port") == "41234"
+    named = tmp_path / "named.yaml"
+    named.write_text(ONE_MACHINE + "main_process_port: 29777\n")
+    cmd, _ = launch_command(run_row(accelerate_config=str(named)), home, [0, 1], 41234)
+    assert "--main_process_port" not in cmd  # the file's port holds
+    two = tmp_path / "two.yaml"
+    two.write_text(TWO_GPUS.replace("main_process_port: 29501\n", ""))
+    cmd, _ = launch_command(run_row(accelerate_config=str(two)), home, [0, 1], 41234)
+    assert "--main_process_port" not in cmd  # every machine must agree on it: not ours to pick
+
+
+def test_a_config_file_with_a_bad_number_is_refused_naming_the_file_and_key(tmp_path, home, db):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distributed_type: MULTI_GPU\nnum_processes: two\n")
+    problem = check_launch({"accelerate_config": str(bad)}, 0, home)
+    assert problem.field == "accelerate_config"
+    assert str(problem) == (
+        f"{bad}: num_processes='two' is not a whole number; expected e.g. num_processes: 1"
+    )
+    with pytest.raises(LaunchError, match="num_processes='two'"):
+        processes_per_machine({"accelerate_config": str(bad)})
+    # The worker fails that run with the error and goes on with the queue (it used to crash,
+    # and `serve` restarted it into the same crash).
+    base = {"task": "classification", "model": "m", "dataset": "d"}
+    broken = store.create_run(db, {**base, "accelerate_config": str(bad)}, by=ADMIN)
+    worker = Worker(home)
+    worker.launch = lambda run, gpus: worker.finish(run["id"], "completed")  # no trainer
+    assert worker.start_next() is False
+    run = store.get_run(db, broken)
+    assert run["status"] == "failed" and "num_processes='two'" in run["error"]
+    after = store.create_run(db, base, by=ADMIN)
+    assert worker.start_next() is True
+    assert store.get_run(db, after)["status"] == "completed"
+
+
+def test_any_error_preparing_a_run_fails_that_run_not_the_worker(home, db, monkeypatch):
+    import engine.worker
+
+    def broken(*args, **kwargs):
+        raise KeyError("main_process_ip")
+
+    monkeypatch.setattr(engine.worker, "launch_command", broken)
+    base = {"task": "classification", "model": "m", "dataset": "d", "device": "cpu"}
+    run_id = store.create_run(db, base, by=ADMIN)
+    Worker(home, only_run=run_id).run()
+    run = store.get_run(db, run_id)
+    assert run["status"] == "failed"
+    assert run["error"] == "could not build the launch command: 'main_process_ip'"

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from factories import ADMIN
 
 from engine import metric_log, store
 from engine.metric_log import Cancelled, MetricLog, next_interval
@@ -26,7 +27,7 @@ def process(main=True, processes=1):
 
 @pytest.fixture
 def run_id(db):
-    return store.create_run(db, {"dataset": "digits", "model": "efficientnet_b0"})
+    return store.create_run(db, {"dataset": "digits", "model": "efficientnet_b0"}, by=ADMIN)
 
 
 def test_next_interval_aims_at_one_check_per_flush_period():
@@ -106,7 +107,7 @@ def test_cancel_stops_every_process_at_the_same_step(db, run_id, monkeypatch):
     for step in range(1, 40):
         clock.now += 0.3
         if step == 20:
-            store.request_cancel(db, run_id)
+            store.request_cancel(db, run_id, by=ADMIN)
         for name, log in (("main", main), ("other", other)):
             who["name"] = name
             try:

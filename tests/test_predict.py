@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from factories import ADMIN
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -36,7 +37,7 @@ def make_run(home, task="classification", classes=CLASSES, status="completed", m
         values = {"model": DETECTOR, "min_size": 96, "max_size": 128, **values}
     config = RunConfig.from_dict(values)
     db = store.connect(home)
-    run_id = store.create_run(db, config.resolved(), name=f"{task} test run")
+    run_id = store.create_run(db, config.resolved(), name=f"{task} test run", by=ADMIN)
     store.set_status(db, run_id, status)
     db.conn.close()
     if not model:

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from factories import write_digits_imagefolder
+from factories import ADMIN, write_digits_imagefolder
 from streamlit.testing.v1 import AppTest
 
 from engine import cli, store
@@ -18,7 +18,7 @@ OTHER_MODEL = "other timm name…"
 @pytest.fixture
 def tiny(home, db):
     root = write_digits_imagefolder(home / "data" / "tiny", per_class=4, classes=range(3))
-    store.register_dataset(db, "tiny", str(root), "imagefolder", "classification", {})
+    store.register_dataset(db, "tiny", str(root), "imagefolder", "classification", {}, by=ADMIN)
     return root
 
 
@@ -58,7 +58,9 @@ def test_a_missing_dataset_names_the_registered_ones(db, tiny, home):
 
 
 def test_a_registered_dataset_whose_folder_went_away(db, home):
-    store.register_dataset(db, "gone", str(home / "gone"), "imagefolder", "classification", {})
+    store.register_dataset(
+        db, "gone", str(home / "gone"), "imagefolder", "classification", {}, by=ADMIN
+    )
     problems = by_field(check_run(config(dataset="gone"), db))
     assert "registered dataset 'gone'" in problems["dataset"]
     assert "does not exist any more" in problems["dataset"]

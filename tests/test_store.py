@@ -4,6 +4,7 @@ import sqlite3
 import threading
 
 import pytest
+from factories import ADMIN
 
 from engine import store
 
@@ -30,7 +31,9 @@ def test_connect_sets_wal_busy_timeout_and_migrates(home):
 
 
 def test_create_and_read_run(db):
-    run_id = store.create_run(db, config(), user="ada", tags=["b", "a"])
+    run_id = store.create_run(
+        db, config(), tags=["b", "a"], by={"username": "ada", "role": "member"}
+    )
     run = store.get_run(db, run_id)
     assert run["status"] == "queued"
     assert run["config"]["model"] == "efficientnet_b0"
@@ -40,7 +43,7 @@ def test_create_and_read_run(db):
 
 
 def test_claim_is_atomic_and_in_order(db, home):
-    ids = [store.create_run(db, config()) for _ in range(6)]
+    ids = [store.create_run(db, config(), by=ADMIN) for _ in range(6)]
     claimed = []
 
     def claim():
@@ -58,17 +61,17 @@ def test_claim_is_atomic_and_in_order(db, home):
 
 
 def test_status_summary_cancel_and_requeue(db):
-    run_id = store.create_run(db, config())
+    run_id = store.create_run(db, config(), by=ADMIN)
     store.claim_run(db, "w")
     store.update_summary(db, run_id, epoch=1, best_metric=0.5)
     store.update_summary(db, run_id, epoch=2)
     assert store.get_run(db, run_id)["summary"] == {"epoch": 2, "best_metric": 0.5}
-    store.request_cancel(db, run_id)
+    store.request_cancel(db, run_id, by=ADMIN)
     assert store.cancel_requested(db, run_id)
     store.set_status(db, run_id, "cancelled")
     run = store.get_run(db, run_id)
     assert run["status"] == "cancelled" and run["finished_at"]
-    store.resume_run(db, run_id)
+    store.resume_run(db, run_id, by=ADMIN)
     run = store.get_run(db, run_id)
     assert (run["status"], run["resume_requested"], run["cancel_requested"]) == ("queued", 1, 0)
     assert run["finished_at"] is None
@@ -77,14 +80,14 @@ def test_status_summary_cancel_and_requeue(db):
 
 
 def test_cancel_of_a_queued_run_is_immediate(db):
-    run_id = store.create_run(db, config())
-    store.request_cancel(db, run_id)
+    run_id = store.create_run(db, config(), by=ADMIN)
+    store.request_cancel(db, run_id, by=ADMIN)
     assert store.get_run(db, run_id)["status"] == "cancelled"
     assert store.claim_run(db, "w") is None
 
 
 def test_metrics_long_table_and_resume_cleanup(db):
-    run_id = store.create_run(db, config())
+    run_id = store.create_run(db, config(), by=ADMIN)
     store.add_metrics(db, run_id, 1, 1, {"lr": 0.1, "train_loss_step": 2.0})
     store.add_metrics(db, run_id, 2, 1, {"test_accuracy": 0.5})
     store.add_metrics(db, run_id, 3, 2, {"test_accuracy": 0.7, "none": None})
@@ -95,7 +98,7 @@ def test_metrics_long_table_and_resume_cleanup(db):
 
 
 def test_run_as_json_shape(db):
-    run_id = store.create_run(db, config())
+    run_id = store.create_run(db, config(), by=ADMIN)
     store.update_summary(
         db,
         run_id,
@@ -113,47 +116,49 @@ def test_run_as_json_shape(db):
 
 
 def test_list_filters_tags_notes_delete(db, home):
-    a = store.create_run(db, config(), name="alpha", tags=["baseline"])
-    b = store.create_run(db, config(task="detection", model="fasterrcnn_resnet50_fpn"), name="beta")
+    a = store.create_run(db, config(), name="alpha", tags=["baseline"], by=ADMIN)
+    b = store.create_run(
+        db, config(task="detection", model="fasterrcnn_resnet50_fpn"), name="beta", by=ADMIN
+    )
     assert [r["id"] for r in store.list_runs(db)] == [b, a]
     assert [r["id"] for r in store.list_runs(db, task="detection")] == [b]
     assert [r["id"] for r in store.list_runs(db, tag="baseline")] == [a]
     assert [r["id"] for r in store.list_runs(db, search="alp")] == [a]
-    store.set_tags(db, b, ["x", " ", "y"])
+    store.set_tags(db, b, ["x", " ", "y"], by=ADMIN)
     assert store.all_tags(db) == ["baseline", "x", "y"]
-    store.set_note(db, a, "lr too high")
+    store.set_note(db, a, "lr too high", by=ADMIN)
     assert store.get_run(db, a)["note"] == "lr too high"
     folder = store.run_dir(a, home)
     (folder / "train.log").write_text("log")
     store.add_metrics(db, a, 1, 1, {"lr": 1})
-    store.delete_run(db, a)
+    store.delete_run(db, a, by=ADMIN)
     assert store.get_run(db, a) is None and not folder.exists()
     assert store.get_metrics(db, a) == []
     store.claim_run(db, "w")
     with pytest.raises(store.RunStateError, match="running"):
-        store.delete_run(db, b)
+        store.delete_run(db, b, by=ADMIN)
 
 
 def test_datasets_registry(db):
     store.register_dataset(
-        db, "digits", "/data/digits", "imagefolder", "classification", {"images": 10}
+        db, "digits", "/data/digits", "imagefolder", "classification", {"images": 10}, by=ADMIN
     )
     assert store.get_dataset(db, "digits")["info"] == {"images": 10}
     assert store.resolve_dataset(db, "digits") == "/data/digits"
     assert store.resolve_dataset(db, "/other") == "/other"
-    store.delete_dataset(db, "digits")
+    store.delete_dataset(db, "digits", by=ADMIN)
     assert store.list_datasets(db) == []
 
 
 def test_corrupt_json_column_does_not_crash_reads(db):
-    run_id = store.create_run(db, config())
+    run_id = store.create_run(db, config(), by=ADMIN)
     db.conn.execute("update runs set summary = '{broken' where id = ?", [run_id])
     assert store.get_run(db, run_id)["summary"] == {}
 
 
 def test_busy_database_waits_instead_of_failing(home):
     db = store.connect(home)
-    run_id = store.create_run(db, config())
+    run_id = store.create_run(db, config(), by=ADMIN)
     other = sqlite3.connect(home / store.DB_NAME, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     timer = threading.Timer(0.5, other.commit)
@@ -166,21 +171,22 @@ def test_busy_database_waits_instead_of_failing(home):
 def test_run_ids_are_never_reused_and_old_databases_migrate(home, monkeypatch):
     monkeypatch.setattr(store, "MIGRATIONS", store.MIGRATIONS[:1])
     old = store.connect(home)  # a database made before migration 2
-    first = store.create_run(old, config(), name="kept")
-    second = store.create_run(old, config())
+    # Rows as that version wrote them (today's create_run also writes the audit trail).
+    first = old["runs"].insert({"name": "kept", "status": "queued", "user": "ada"}).last_pk
+    second = old["runs"].insert({"name": "second", "status": "queued", "user": "ada"}).last_pk
     old.conn.close()
     monkeypatch.undo()
     db = store.connect(home)
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(store.MIGRATIONS)
     assert store.get_run(db, first)["name"] == "kept"  # rows survive the migration
-    store.delete_run(db, second)
-    assert store.create_run(db, config()) == second + 1
+    store.delete_run(db, second, by=ADMIN)
+    assert store.create_run(db, config(), by=ADMIN) == second + 1
 
 
 def test_counts_queue_position_labels_and_filter_values(db):
-    a = store.create_run(db, config(), name="a")
-    b = store.create_run(db, config(model="resnet18"), name="b")
-    c = store.create_run(db, config(), name="c")
+    a = store.create_run(db, config(), name="a", by=ADMIN)
+    b = store.create_run(db, config(model="resnet18"), name="b", by=ADMIN)
+    c = store.create_run(db, config(), name="c", by=ADMIN)
     store.claim_run(db, "w", run_id=a)
     assert store.count_runs(db) == 3
     assert store.count_runs(db, ("queued", "running")) == 3
@@ -197,7 +203,7 @@ def test_counts_queue_position_labels_and_filter_values(db):
 
 def run_in(db, status):
     """A run in `status`, got there the way the worker gets it there."""
-    run_id = store.create_run(db, config())
+    run_id = store.create_run(db, config(), by=ADMIN)
     if status != "queued":
         # A worker beats before it claims (a running run without a live worker is orphaned).
         store.beat_worker(db, "w", socket.gethostname(), os.getpid())
@@ -208,11 +214,11 @@ def run_in(db, status):
 
 
 VERBS = {
-    "cancel": store.request_cancel,
-    "resume": store.resume_run,
-    "rerun": store.queue_rerun,
-    "edit": lambda db, run_id: store.set_note(db, run_id, "edited"),
-    "delete": store.delete_run,
+    "cancel": lambda db, run_id, by=ADMIN: store.request_cancel(db, run_id, by=by),
+    "resume": lambda db, run_id, by=ADMIN: store.resume_run(db, run_id, by=by),
+    "rerun": lambda db, run_id, by=ADMIN: store.queue_rerun(db, run_id, by=by),
+    "edit": lambda db, run_id, by=ADMIN: store.set_note(db, run_id, "edited", by=by),
+    "delete": lambda db, run_id, by=ADMIN: store.delete_run(db, run_id, by=by),
 }
 
 
@@ -226,7 +232,7 @@ def test_allowed_actions_per_status(db):
         "cancelled": everywhere | {"resume", "delete"},
     }
     for status, actions in expected.items():
-        assert store.allowed_actions(store.get_run(db, run_in(db, status))) == actions, status
+        assert store.state_actions(store.get_run(db, run_in(db, status))) == actions, status
     assert set(VERBS) == set(store.ACTIONS)  # every action has a guarded verb
 
 
@@ -262,10 +268,10 @@ def test_guarded_verbs_refuse_and_say_why(db, home, action, status):
 def test_refusal_messages_name_the_rule(db):
     completed = run_in(db, "completed")
     with pytest.raises(store.RunStateError, match="only a failed or cancelled run can be resumed"):
-        store.resume_run(db, completed)
+        store.resume_run(db, completed, by=ADMIN)
     running = run_in(db, "running")
     with pytest.raises(store.RunStateError, match="can be deleted; cancel it first"):
-        store.delete_run(db, running)
+        store.delete_run(db, running, by=ADMIN)
     with pytest.raises(ValueError, match="action 'pause': expected one of cancel"):
         store.action_rule("pause")
 
@@ -278,7 +284,7 @@ def test_verbs_on_a_missing_run_say_it_is_not_found(db, action):
 
 def test_cancel_of_a_running_run_asks_the_trainer(db):
     run_id = run_in(db, "running")
-    store.request_cancel(db, run_id)
+    store.request_cancel(db, run_id, by=ADMIN)
     run = store.get_run(db, run_id)
     assert (run["status"], run["cancel_requested"]) == ("running", 1)
 
@@ -286,9 +292,10 @@ def test_cancel_of_a_running_run_asks_the_trainer(db):
 def test_rerun_queues_a_copy_and_edit_works_in_any_status(db):
     for status in store.STATUSES:
         run_id = run_in(db, status)
-        store.rename_run(db, run_id, f"was {status}")
-        store.set_tags(db, run_id, ["t"])
-        new_id = store.queue_rerun(db, run_id, user="bo")
+        store.rename_run(db, run_id, f"was {status}", by=ADMIN)
+        store.set_tags(db, run_id, ["t"], by=ADMIN)
+        # The copy is the re-runner's (here another admin), not the first run's owner's.
+        new_id = store.queue_rerun(db, run_id, by={"username": "bo", "role": "admin"})
         copy = store.get_run(db, new_id)
         assert (copy["status"], copy["name"], copy["tags"], copy["user"]) == (
             "queued",
@@ -306,7 +313,7 @@ def test_trainer_error_is_its_own_column_and_each_attempt_starts_clean(db):
     assert run["trainer_error"] == "RuntimeError: CUDA out of memory"
     assert run["error"] is None  # the worker copies it when it records the exit
     store.set_status(db, run_id, "failed", error=run["trainer_error"])
-    store.resume_run(db, run_id)
+    store.resume_run(db, run_id, by=ADMIN)
     claimed = store.claim_run(db, "w2")
     assert claimed["trainer_error"] is None and claimed["error"] is None
     assert claimed["heartbeat_at"] == claimed["started_at"]

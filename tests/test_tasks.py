@@ -33,7 +33,7 @@ def prepared(digits, num_workers=0):
     splits = load_splits(str(digits), cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
     task = create_task(cfg, splits, INPUT)
     accelerator = Accelerator(cpu=True, dataloader_config=dataloader_config(cfg))
-    train_loader, _ = task.loaders(num_processes=1)
+    train_loader = task.loaders(num_processes=1)["train"]
     return task, accelerator.prepare(train_loader)
 
 

@@ -18,14 +18,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import write_digits_imagefolder
+from factories import ADMIN, write_digits_imagefolder
+from safetensors.torch import load_file
+from streamlit.testing.v1 import AppTest
 
 from engine import evaluate, store, train
 from engine.config import RunConfig
+from engine.data import read_image
+from engine.predict import load_predictor
 from engine.run_folder import RunFolder
+from engine.sample_datasets import digit_images, write_imagefolder
 from engine.worker import free_port, launch_command
 
 ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "dashboard" / "app.py"
 TINY = {
     "model": "efficientnet_b0", "pretrained": False, "image_size": 32, "batch_size": 8,
     "num_workers": 0, "metric": "accuracy", "seed": 1, "warmup": True, "device": "cpu",
@@ -41,7 +47,7 @@ def digits(tmp_path_factory):
 
 def queue(home, dataset, **keys) -> int:
     config = RunConfig.from_dict({**TINY, "dataset": str(dataset), **keys}).resolved()
-    return store.create_run(store.connect(home), config)
+    return store.create_run(store.connect(home), config, by=ADMIN)
 
 
 def train_here(home, run_id, *flags) -> int:
@@ -108,11 +114,113 @@ def test_early_stopping_keeps_the_best_epoch(home, digits):
     assert RunFolder(home, run_id).read_card()["best_epoch"] == 1
 
 
+@pytest.fixture(scope="module")
+def three_splits(tmp_path_factory):
+    """train/, val/ and test/ class folders: 6, 3 and 3 images of each of three digits."""
+    root = tmp_path_factory.mktemp("data") / "three"
+    parts = {"train": [], "val": [], "test": []}
+    seen: dict[int, int] = {}
+    for image, digit in digit_images(per_class=12, size=32, classes=range(3)):
+        n = seen[digit] = seen.get(digit, -1) + 1
+        parts["train" if n < 6 else "val" if n < 9 else "test"].append((image, digit))
+    for split, items in parts.items():
+        write_imagefolder(root, items, split)
+    return root
+
+
+def test_val_picks_the_best_epoch_and_test_reports_the_best_model_at_the_end(
+    home, three_splits, capsys, monkeypatch
+):
+    # As in test_early_stopping_keeps_the_best_epoch: epoch 1 is the best, epoch 2 the last.
+    run_id = queue(
+        home, three_splits, epochs=6, early_stopping_patience=1, early_stopping_delta=0.9, lr=0.01
+    )
+    assert train_here(home, run_id) == 0
+    db = store.connect(home)
+    summary = store.get_run(db, run_id)["summary"]
+    assert (summary["epochs_trained"], summary["best_epoch"]) == (2, 1)
+    assert summary["eval_split"] == "val"
+    assert (summary["train_images"], summary["val_images"], summary["test_images"]) == (18, 9, 9)
+    folder = RunFolder(home, run_id)
+    # Each epoch was judged on val: the kept predictions are val's, and their metric is the one
+    # recorded for the best epoch (under the public name test_accuracy).
+    per_epoch = folder.read_predictions()
+    assert per_epoch["split"] == "val" and len(per_epoch["paths"]) == 9
+    assert all(Path(p).parts[-3] == "val" for p in per_epoch["paths"])
+    recorded = {m["epoch"]: m["value"] for m in store.get_metrics(db, run_id, ["test_accuracy"])}
+    val_accuracy = evaluate.classification_metrics(
+        np.array(per_epoch["probs"]), np.array(per_epoch["targets"])
+    )["accuracy"]
+    assert recorded[1] == pytest.approx(val_accuracy, abs=1e-6)
+    card = folder.read_card()
+    assert card["metrics_split"] == "val" and card["best_epoch"] == 1
+    # The final report: the best epoch's model (not the last one) on every test image, once.
+    final = summary["final_test"]
+    assert (final["split"], final["best_epoch"], final["images"]) == ("test", 1, 9)
+    assert card["final_test"] == final
+    predictions = folder.read_predictions(final=True)
+    assert predictions["split"] == "test"
+    assert sorted(predictions["paths"]) == sorted(str(p) for p in three_splits.glob("test/*/*"))
+    recomputed = evaluate.classification_metrics(
+        np.array(predictions["probs"]), np.array(predictions["targets"])
+    )
+    assert final["metrics"]["accuracy"] == pytest.approx(recomputed["accuracy"], abs=1e-6)
+    best = load_predictor(run_id, home=home, device="cpu")
+    pictures = [read_image(p) for p in predictions["paths"]]
+    best_probs = [list(e["probs"].values()) for e in best.predict(pictures)]
+    assert np.allclose(best_probs, predictions["probs"], atol=1e-5)
+    # The last epoch's weights (the checkpoint's) predict otherwise: the check can tell them apart.
+    last = load_file(str(folder.checkpoint / "model.safetensors"))
+    best.model.load_state_dict(last)
+    last_probs = [list(e["probs"].values()) for e in best.predict(pictures)]
+    assert not np.allclose(last_probs, predictions["probs"], atol=1e-5)
+    assert "final report on the test split (best epoch 1)" in capsys.readouterr().out
+    # The run page shows it, labelled, with the same report widgets as the per-epoch one.
+    monkeypatch.setenv("VISIONBOARD_SAMPLES", "0")  # no sample datasets to prepare
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["run"] = str(run_id)
+    at.run()
+    at.switch_page("pages/run.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    headers = [h.value for h in at.header]
+    assert "Evaluation on the val split (best epoch 1)" in headers
+    assert "Final report on the test split (best epoch 1)" in headers
+    table = next(d.value for d in at.dataframe if "metric" in d.value.columns)
+    assert dict(zip(table["metric"], table["value"]))["accuracy"] == pytest.approx(
+        final["metrics"]["accuracy"]
+    )
+    charts = {c.key: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    assert sum(map(sum, charts["final_chart_confusion"]["data"][0]["z"])) == 9
+    assert sum(map(sum, charts["chart_confusion"]["data"][0]["z"])) == 9
+
+
+def test_without_val_the_test_split_is_the_per_epoch_one_and_no_final_report(home, digits):
+    run_id = queue(home, digits, epochs=1)
+    assert train_here(home, run_id) == 0
+    summary = store.get_run(store.connect(home), run_id)["summary"]
+    assert summary["eval_split"] == "test" and summary["val_images"] == 0
+    assert summary["final_test"] is None
+    folder = RunFolder(home, run_id)
+    assert folder.read_predictions()["split"] == "test"
+    assert not folder.final_predictions.exists()
+
+
+def test_a_cancelled_run_makes_no_final_report(home, three_splits):
+    run_id = queue(home, three_splits, epochs=3)
+    db = store.connect(home)
+    store.claim_run(db, "test", run_id=run_id)
+    store.request_cancel(db, run_id, by=ADMIN)
+    assert train_here(home, run_id) == 0
+    summary = store.get_run(db, run_id)["summary"]
+    assert summary["stop_reason"] == "cancelled" and summary["final_test"] is None
+    assert not RunFolder(home, run_id).final_predictions.exists()
+
+
 def test_a_requested_cancel_stops_at_the_first_check(home, digits):
     run_id = queue(home, digits, epochs=3)
     db = store.connect(home)
     store.claim_run(db, "test", run_id=run_id)
-    store.request_cancel(db, run_id)
+    store.request_cancel(db, run_id, by=ADMIN)
     assert train_here(home, run_id) == 0
     assert store.get_run(db, run_id)["summary"]["stop_reason"] == "cancelled"
     assert [m["step"] for m in store.get_metrics(db, run_id, ["lr"])] == [1]
@@ -150,7 +258,7 @@ def test_a_cancelled_and_resumed_run_gives_the_uninterrupted_runs_metrics(
     def cancel_after_epoch_1(accelerator, folder, state, schedule):
         save_checkpoint(accelerator, folder, state, schedule)
         if state.epoch == 1:  # the user cancels while epoch 2 is under way
-            store.request_cancel(db, run_id)
+            store.request_cancel(db, run_id, by=ADMIN)
 
     monkeypatch.setattr(train, "save_checkpoint", cancel_after_epoch_1)
     assert train_here(home, run_id) == 0
@@ -158,7 +266,7 @@ def test_a_cancelled_and_resumed_run_gives_the_uninterrupted_runs_metrics(
     assert _checkpoint_epoch(RunFolder(home, run_id).checkpoint / "trainer.json") == 1
     monkeypatch.setattr(train, "save_checkpoint", save_checkpoint)
     store.set_status(db, run_id, "cancelled")  # what the worker records at the exit
-    store.resume_run(db, run_id)
+    store.resume_run(db, run_id, by=ADMIN)
     store.claim_run(db, "test", run_id=run_id)
     assert train_here(home, run_id, "--resume") == 0
     assert store.get_run(db, run_id)["summary"]["epochs_trained"] == 3
@@ -205,6 +313,30 @@ def test_two_processes_through_the_cli_gather_every_test_image_once(home, digits
 
 
 @pytest.mark.slow
+def test_two_processes_report_the_best_model_on_every_test_image_once(home, three_splits):
+    # 9 val and 9 test images over 2 processes: each split's last batch is padded, and the
+    # padding must be dropped from the per-epoch and the final report alike.
+    sets = {**TINY, "dataset": three_splits, "epochs": 2, "num_processes": 2, "batch_size": 4}
+    args = [f"--set={k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sets.items()]
+    result = visionboard(home, "train", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = store.get_run(store.connect(home), 1)["summary"]
+    assert summary["eval_split"] == "val" and summary["final_test"]["images"] == 9
+    folder = RunFolder(home, 1)
+    for predictions, split in (
+        (folder.read_predictions(), "val"),
+        (folder.read_predictions(True), "test"),
+    ):
+        assert len(predictions["paths"]) == len(set(predictions["paths"])) == 9
+        assert {Path(p).parts[-3] for p in predictions["paths"]} == {split}
+    final = folder.read_predictions(final=True)
+    recomputed = evaluate.classification_metrics(
+        np.array(final["probs"]), np.array(final["targets"])
+    )
+    assert summary["final_test"]["metrics"]["accuracy"] == pytest.approx(recomputed["accuracy"])
+
+
+@pytest.mark.slow
 def test_cancel_stops_both_processes_at_the_same_step(home, digits, tmp_path):
     run_id = queue(home, digits, epochs=200, early_stopping=False, num_processes=2)
     db = store.connect(home)
@@ -216,7 +348,7 @@ def test_cancel_stops_both_processes_at_the_same_step(home, digits, tmp_path):
         )
     try:
         wait_for(lambda: store.get_metrics(db, run_id, ["lr"]), 240, "training step")
-        store.request_cancel(db, run_id)
+        store.request_cancel(db, run_id, by=ADMIN)
         # Both processes leave the loop at the same step: no collective is left waiting.
         assert trainer.wait(60) == 0, (tmp_path / "train.log").read_text()
     finally:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from factories import write_detection_set
+from factories import ADMIN, write_detection_set
 
 from engine import store, train
 from engine.config import RunConfig
@@ -48,7 +48,7 @@ def check_run(home, run_id, processes):
 
 def test_detection_run_in_one_process(home, boxes_set):
     config = RunConfig.from_dict({**DETECTION, "dataset": str(boxes_set)}).resolved()
-    run_id = store.create_run(store.connect(home), config)
+    run_id = store.create_run(store.connect(home), config, by=ADMIN)
     assert train.main(["--run-id", str(run_id), "--home", str(home)]) == 0
     check_run(home, run_id, 1)
 

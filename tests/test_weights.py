@@ -3,6 +3,7 @@ import argparse
 import pytest
 import timm
 import torch
+from factories import ADMIN
 from safetensors.torch import save_file
 
 from engine import architectures, models, weights
@@ -52,7 +53,7 @@ def test_status_before_and_after_import_safetensors(home, caches, tmp_path):
     assert before == {"model": "efficientnet_b0", "available": False, "source": None, "path": None}
     file = tmp_path / "b0.safetensors"
     save_file(random_b0_state(), str(file))
-    stored = weights.import_weights("efficientnet_b0", file, home)
+    stored = weights.import_weights("efficientnet_b0", file, home, by=ADMIN)
     assert stored == home / "weights" / "efficientnet_b0.safetensors"
     after = weights.weights_status("efficientnet_b0", home)
     assert after["available"] and after["source"] == "imported"
@@ -63,7 +64,7 @@ def test_imported_pth_checkpoint_loads_bit_for_bit(home, caches, tmp_path):
     state = random_b0_state()
     file = tmp_path / "b0.pth"
     torch.save({"state_dict": state, "epoch": 3}, file)  # a training checkpoint wrapper
-    weights.import_weights("efficientnet_b0", file, home)
+    weights.import_weights("efficientnet_b0", file, home, by=ADMIN)
 
     same_head = models.create_model(make_cfg(model="efficientnet_b0"), 1000)
     assert_same(state, same_head.state_dict())
@@ -80,7 +81,7 @@ def test_import_rejects_weights_of_another_architecture(home, caches, tmp_path):
     file = tmp_path / "resnet.safetensors"
     save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(file))
     with pytest.raises(ValueError, match=r"resnet\.safetensors.*efficientnet_b0.*missing keys"):
-        weights.import_weights("efficientnet_b0", file, home)
+        weights.import_weights("efficientnet_b0", file, home, by=ADMIN)
     assert not (home / "weights" / "efficientnet_b0.safetensors").exists()
 
 
@@ -88,18 +89,18 @@ def test_import_never_unpickles_python_objects(home, caches, tmp_path):
     file = tmp_path / "pickled.pth"
     torch.save({"state_dict": random_b0_state(), "args": argparse.Namespace(lr=1)}, file)
     with pytest.raises(ValueError, match="pickled.pth.*plain state dict"):
-        weights.import_weights("efficientnet_b0", file, home)
+        weights.import_weights("efficientnet_b0", file, home, by=ADMIN)
 
 
 def test_import_rejects_other_files_with_clear_errors(home, tmp_path):
     text = tmp_path / "weights.txt"
     text.write_text("hello")
     with pytest.raises(ValueError, match=r"weights\.txt.*\.safetensors, \.pth"):
-        weights.import_weights("efficientnet_b0", text, home)
+        weights.import_weights("efficientnet_b0", text, home, by=ADMIN)
     with pytest.raises(ValueError, match="no such file"):
-        weights.import_weights("efficientnet_b0", tmp_path / "missing.pth", home)
+        weights.import_weights("efficientnet_b0", tmp_path / "missing.pth", home, by=ADMIN)
     with pytest.raises(ValueError, match="unknown model 'efficientnet_b00'.*efficientnet_b0"):
-        weights.import_weights("efficientnet_b00", text, home)
+        weights.import_weights("efficientnet_b00", text, home, by=ADMIN)
 
 
 def test_nothing_available_offline_says_how_to_get_weights(home, caches):
@@ -154,7 +155,7 @@ def test_detector_weights_from_torchvision_cache_and_import(home, caches, tmp_pa
     other = architectures.reference_model(DETECTOR).state_dict()
     file = tmp_path / "detector.pt"
     torch.save(other, file)
-    weights.import_weights(DETECTOR, file, home)
+    weights.import_weights(DETECTOR, file, home, by=ADMIN)
     assert weights.weights_status(DETECTOR, home)["source"] == "imported"
     model = models.create_model(cfg, 2)
     assert_same(other, model.state_dict(), skip=architectures.DETECTOR_HEAD)
@@ -169,7 +170,7 @@ def test_list_weights_reports_listed_and_imported_models(home, caches, tmp_path)
 
     file = tmp_path / "small.safetensors"
     save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(file))
-    weights.import_weights("resnet18", file, home)
+    weights.import_weights("resnet18", file, home, by=ADMIN)
     status = {s["model"]: s for s in weights.list_weights(home)}
     assert status["resnet18"]["available"] and status["resnet18"]["source"] == "imported"
     assert not status["efficientnet_b0"]["available"]

@@ -8,6 +8,7 @@ import socket
 from types import SimpleNamespace
 
 import pytest
+from factories import ADMIN
 
 from engine import store
 from engine.worker import Worker
@@ -19,7 +20,7 @@ def test_recover_settles_runs_no_live_worker_watches(db, home):
     old_beat = "2000-01-01T00:00:00+00:00"
 
     def running(owner, beat=None, **summary):
-        run_id = store.create_run(db, base)
+        run_id = store.create_run(db, base, by=ADMIN)
         store.claim_run(db, owner, run_id=run_id)
         if summary:
             store.update_summary(db, run_id, **summary)
@@ -32,6 +33,10 @@ def test_recover_settles_runs_no_live_worker_watches(db, home):
     stale = running("elsewhere:1", beat=old_beat)
     mine = running(f"{socket.gethostname()}:{os.getpid()}")
     orphan_training = running(dead_worker)  # its trainer still beats: let it finish
+    db.conn.execute(  # claimed a while ago: its heartbeat is one since the claim
+        "update runs set started_at = ? where id = ?", [old_beat, orphan_training]
+    )
+    db.conn.commit()
     orphan_done = running(dead_worker, stop_reason="early stop")
     orphan_cancelled = running(dead_worker, stop_reason="cancelled")
     orphan_failed = running(dead_worker, stop_reason="failed")
@@ -54,7 +59,7 @@ def test_recover_settles_runs_no_live_worker_watches(db, home):
 
 def test_cuda_run_on_a_machine_without_gpu_fails_with_reason(db, home):
     run_id = store.create_run(
-        db, {"task": "classification", "model": "m", "dataset": "d", "device": "cuda"}
+        db, {"task": "classification", "model": "m", "dataset": "d", "device": "cuda"}, by=ADMIN
     )
     worker = Worker(home, only_run=run_id)
     worker.gpus = []
@@ -72,39 +77,106 @@ def test_gpu_runs_share_the_machine_when_they_fit(db, home, monkeypatch):
 
     monkeypatch.setattr(Worker, "launch", fake_launch)
     base = {"task": "classification", "model": "m", "dataset": "d"}
-    one = store.create_run(db, {**base, "num_processes": 1})
-    two = store.create_run(db, {**base, "num_processes": 2})
-    three = store.create_run(db, {**base, "num_processes": 1})
+    one = store.create_run(db, {**base, "num_processes": 1}, by=ADMIN)
+    two = store.create_run(db, {**base, "num_processes": 2}, by=ADMIN)
+    three = store.create_run(db, {**base, "num_processes": 1}, by=ADMIN)
     worker = Worker(home)
     worker.gpus = [0, 1, 2]
     assert worker.start_next() and worker.start_next()
     assert launched == [(one, [0]), (two, [1, 2])]
     assert not worker.start_next()  # no GPU free: run 3 waits in the queue
     assert store.get_run(db, three)["status"] == "queued"
-    too_big = store.create_run(db, {**base, "num_processes": 8})
+    too_big = store.create_run(db, {**base, "num_processes": 8}, by=ADMIN)
     worker.jobs.clear()
-    store.request_cancel(db, three)
+    store.request_cancel(db, three, by=ADMIN)
     assert not worker.start_next()
     assert "needs 8 GPUs" in store.get_run(db, too_big)["error"]
 
 
 def test_the_exit_takes_the_trainers_error_from_the_row(db, home):
     worker = Worker(home)
+    worker.announce()  # alive: a cancel of its runs waits for their exit
     base = {"task": "classification", "model": "m", "dataset": "d"}
 
-    def ended(code, trainer_error=None):
-        run_id = store.create_run(db, base)
+    def ended(code, trainer_error=None, stop_reason=None, cancel=False, settle=False):
+        run_id = store.create_run(db, base, by=ADMIN)
         store.claim_run(db, worker.id, run_id=run_id)
         if trainer_error:
             store.record_trainer_error(db, run_id, trainer_error)
-        worker.record_end(run_id, code)
-        return store.get_run(db, run_id)
+        if stop_reason:
+            store.update_summary(db, run_id, stop_reason=stop_reason)
+        if cancel:
+            store.request_cancel(db, run_id, by=ADMIN)
+        if settle:  # nobody saw the exit: the worker is gone, the trainer too
+            db.conn.execute(
+                "update runs set worker = 'gone:1', trainer_pid = 999999, "
+                "trainer_host = ? where id = ?",
+                [socket.gethostname(), run_id],
+            )
+            db.conn.commit()
+            store.settle_run(db, run_id)
+        else:
+            assert store.record_exit(db, run_id, worker.id, code) is not None
+        run = store.get_run(db, run_id)
+        return run["status"], run["error"]
 
-    failed = ended(1, "FileNotFoundError: /data/gone")
-    assert (failed["status"], failed["error"]) == ("failed", "FileNotFoundError: /data/gone")
-    assert ended(1)["error"] == "trainer exited with code 1; see train.log"
-    assert ended(-9)["error"] == "trainer killed by signal SIGKILL"
-    assert (ended(0)["status"], ended(0)["error"]) == ("completed", None)
+    assert ended(1, "FileNotFoundError: /data/gone") == ("failed", "FileNotFoundError: /data/gone")
+    assert ended(1) == ("failed", "trainer exited with code 1; see train.log")
+    assert ended(-9) == ("failed", "trainer killed by signal SIGKILL")
+    assert ended(0) == ended(0, stop_reason="epoch limit") == ("completed", None)
+    assert ended(-9, cancel=True) == ("cancelled", None)  # killed after the cancel's grace
+    # The worker's exit and an orphan's settle read the trainer's own ending first, alike: a
+    # cancel pressed after a finished run's last check, and a crash after a cancel.
+    for settle in (False, True):
+        done = ended(0, stop_reason="epoch limit", cancel=True, settle=settle)
+        assert done == ("completed", None)
+        crashed = ended(1, "RuntimeError: boom", stop_reason="failed", cancel=True, settle=settle)
+        assert crashed == ("failed", "RuntimeError: boom")
+
+
+def test_a_late_ending_never_overwrites_the_next_attempt(db, home):
+    base = {"task": "classification", "model": "m", "dataset": "d"}
+    run_id = store.create_run(db, base, by=ADMIN)
+    store.claim_run(db, "host:1", run_id=run_id)
+    assert store.record_launch(db, run_id, "host:1", "cpu x1", 999999, "host")
+    # Worker A looks gone: a reader settles its run, the user resumes it, worker B claims it.
+    store.set_status(db, run_id, "failed", error="settled", worker="host:1")
+    store.resume_run(db, run_id, by=ADMIN)
+    store.claim_run(db, "host:2", run_id=run_id)
+    # A's endings come late; B's attempt stays B's.
+    assert not store.record_exit(db, run_id, "host:1", 1)
+    assert not store.set_status(db, run_id, "failed", error="late", worker="host:1")
+    assert not store.record_launch(db, run_id, "host:1", "cpu x1", 4242, "host")
+    run = store.get_run(db, run_id)
+    assert (run["status"], run["worker"], run["error"], run["trainer_pid"]) == (
+        "running",
+        "host:2",
+        None,
+        None,
+    )
+    assert store.record_exit(db, run_id, "host:2", 0) == "completed"
+
+
+def test_a_worker_drops_an_ending_that_is_no_longer_its_own(db, home, capsys):
+    base = {"task": "classification", "model": "m", "dataset": "d"}
+    worker = Worker(home)
+    run_id = store.create_run(db, base, by=ADMIN)
+    store.claim_run(db, "someone:else", run_id=run_id)
+    worker.endings[run_id] = 1
+    worker.write_endings()
+    assert not worker.endings and store.get_run(db, run_id)["status"] == "running"
+    assert f"run {run_id} is no longer ours" in capsys.readouterr().err
+
+
+def test_a_run_claimed_but_never_launched_has_no_trainer_once_its_worker_is_gone(db, home):
+    base = {"task": "classification", "model": "m", "dataset": "d"}
+    run_id = store.create_run(db, base, by=ADMIN)
+    store.claim_run(db, f"{socket.gethostname()}:999999", run_id=run_id)  # then it died
+    run = store.get_run(db, run_id)
+    assert run["worker_gone"] and not store.trainer_alive(db, run)
+    assert store.settle_run(db, run_id) == "failed"  # at once, not after STALE_SECONDS
+    store.resume_run(db, run_id, by=ADMIN)
+    assert store.get_run(db, run_id)["status"] == "queued"
 
 
 def test_liveness_is_a_row_per_worker(db, home):
@@ -129,7 +201,7 @@ def test_the_worker_of_a_train_command_serves_its_run_only(db, home):
     # It used to register as serving the whole queue: a second `visionboard train` (or the
     # dashboard) then believed its run would start, and it waited forever.
     base = {"task": "classification", "model": "m", "dataset": "d"}
-    mine, other = store.create_run(db, base), store.create_run(db, base)
+    mine, other = store.create_run(db, base, by=ADMIN), store.create_run(db, base, by=ADMIN)
     Worker(home, only_run=mine).announce()
     assert store.list_workers(db)[0]["run_id"] == mine
     assert store.worker_running(db, mine)
@@ -144,32 +216,36 @@ def test_a_run_whose_worker_is_gone_is_orphaned_and_may_be_cancelled_or_resumed(
     here = socket.gethostname()
     worker = Worker(home)
     worker.announce()
-    run_id = store.create_run(db, base)
+    run_id = store.create_run(db, base, by=ADMIN)
     store.claim_run(db, worker.id, run_id=run_id)
+    # Its trainer beat since the claim (an hour ago).
+    db.conn.execute("update runs set started_at = '2000-01-01T00:00:00+00:00' where id = ?",
+                    [run_id])  # fmt: skip
+    db.conn.commit()
     run = store.get_run(db, run_id)
     assert not run["worker_gone"] and store.run_state(run) == "running"
-    assert store.allowed_actions(run) == {"cancel", "rerun", "edit"}
+    assert store.state_actions(run) == {"cancel", "rerun", "edit"}
     # Its worker stops beating: within WORKER_PULSE_SECONDS it is gone, for every reader.
     db.conn.execute("update workers set heartbeat_at = '2000-01-01T00:00:00+00:00'")
     db.conn.commit()
     run = store.get_run(db, run_id)
     assert run["worker_gone"] and store.run_state(run) == store.ORPHANED
     assert store.status_label(run) == "running (worker gone)"
-    assert store.allowed_actions(run) == {"cancel", "resume", "rerun", "edit"}
+    assert store.state_actions(run) == {"cancel", "resume", "rerun", "edit"}
     assert store.run_as_json(db, run_id)["worker_gone"] is True
     with pytest.raises(store.RunStateError, match="cancel it first"):
-        store.delete_run(db, run_id)
+        store.delete_run(db, run_id, by=ADMIN)
     # Its trainer (no launch recorded: its heartbeat is all there is) still beats: a resume
     # would start a second trainer on the run.
     with pytest.raises(store.TrainerStillRunning, match=f"run {run_id}'s trainer is still"):
-        store.resume_run(db, run_id)
-    store.record_launch(db, run_id, "cpu x1", 999999, here)  # a process group long gone
-    store.resume_run(db, run_id)
+        store.resume_run(db, run_id, by=ADMIN)
+    store.record_launch(db, run_id, worker.id, "cpu x1", 999999, here)  # a group long gone
+    store.resume_run(db, run_id, by=ADMIN)
     assert store.get_run(db, run_id)["status"] == "queued"
     # Cancelling an orphan whose trainer is gone cancels it at once.
     store.claim_run(db, f"{here}:999999", run_id=run_id)
-    store.record_launch(db, run_id, "cpu x1", 999999, here)
-    store.request_cancel(db, run_id)
+    store.record_launch(db, run_id, f"{here}:999999", "cpu x1", 999999, here)
+    store.request_cancel(db, run_id, by=ADMIN)
     run = store.get_run(db, run_id)
     assert run["status"] == "cancelled" and run["finished_at"] and run["trainer_pid"] is None
 

@@ -14,6 +14,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import state
+from dashboard.data_check import draw_check, split_by_severity
 from engine import choices, store
 from engine.config import GROUPS, ConfigError, RunConfig, field_info
 from engine.data import preview_augmentations
@@ -30,7 +31,6 @@ ERRORS = "new_run_errors"
 FLOAT_STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "test_ratio": 0.05, "early_stopping_delta": 1e-3}
 # Keys drawn by hand (their choices depend on the task or the registered datasets).
 CUSTOM = ("task", "dataset", "model", "metric", "dataset_format", "accelerate_config")
-DETECTION_ONLY = ("min_size", "max_size")
 OPEN_GROUPS = ("Data", "Model")
 # Labels where the key's words read badly; the rest is the key with spaces.
 LABELS = {"lr": "Learning rate", "lr_gamma": "LR gamma", "lr_schedule": "LR schedule",
@@ -106,6 +106,17 @@ def datasets() -> dict[str, dict]:
     return {d["name"]: d for d in store.list_datasets(state.get_db())}
 
 
+def applies(info: dict[str, Any], task: str) -> bool:
+    """Whether a key means something to the task (engine.config's `tasks`): the form draws
+    and sends only those; the others keep their defaults, which validation requires."""
+    return info.get("tasks") is None or task in info["tasks"]
+
+
+def dataset_options(registered: dict[str, dict], task: str) -> list[str]:
+    """The registered datasets of the task, then a path on the server."""
+    return [*(n for n, d in registered.items() if d["task"] == task), OTHER_PATH]
+
+
 # -- session state: defaults, filling from a past run -----------------------------------------
 
 
@@ -127,11 +138,9 @@ def init_state(registered: dict[str, dict]) -> None:
     ss.setdefault(KEY + "accelerate_config", "")
     ss.setdefault(KEY + "dataset_path", "")
     ss.setdefault(KEY + "tags", "")
-    options = [*registered, OTHER_PATH]
+    options = dataset_options(registered, task)
     if ss.get(KEY + "dataset_choice") not in options:
-        fitting = [n for n, d in registered.items() if d["task"] == task]
-        preferred = "digits" if "digits" in fitting else (fitting or options)[0]
-        ss[KEY + "dataset_choice"] = preferred
+        ss[KEY + "dataset_choice"] = "digits" if "digits" in options else options[0]
 
 
 def use_task_defaults(task: str) -> None:
@@ -145,22 +154,17 @@ def on_task_change() -> None:
     task = ss[KEY + "task"]
     use_task_defaults(task)
     ss[KEY + "dataset_format"] = choices.AUTO_FORMAT
-    registered = datasets()
-    chosen = registered.get(ss.get(KEY + "dataset_choice"))
-    if chosen and chosen["task"] != task:
-        fitting = [n for n, d in registered.items() if d["task"] == task]
-        ss[KEY + "dataset_choice"] = fitting[0] if fitting else OTHER_PATH
+    options = dataset_options(datasets(), task)
+    if ss.get(KEY + "dataset_choice") not in options:
+        ss[KEY + "dataset_choice"] = options[0]
 
 
 def on_dataset_change() -> None:
-    """A registered dataset knows its task and format: set them."""
+    """A registered dataset (one of the chosen task's) knows its format: set it."""
     ss = st.session_state
     chosen = datasets().get(ss[KEY + "dataset_choice"])
     if not chosen:
         return
-    if chosen["task"] in choices.TASKS and chosen["task"] != ss[KEY + "task"]:
-        ss[KEY + "task"] = chosen["task"]
-        use_task_defaults(chosen["task"])
     fmt = chosen.get("format")
     ss[KEY + "dataset_format"] = (
         fmt if fmt in formats_for(ss[KEY + "task"]) else choices.AUTO_FORMAT
@@ -209,6 +213,20 @@ def turn_pretrained_off() -> None:
 # -- values → config ---------------------------------------------------------------------------
 
 
+def draw_dataset_check(dataset: dict) -> None:
+    """The data check of a registered dataset, as it was at registration, before Start."""
+    info = dataset.get("info") or {}
+    found = split_by_severity(info)
+    blocking, warnings = len(found["blocking"]), len(found["warning"])
+    if not blocking and not warnings:
+        st.caption("Data check: no problems found when it was registered.")
+        return
+    with st.container(border=True):  # not an expander: draw_check folds what was ignored
+        st.markdown(f"**Data check**: {blocking} blocking, {warnings} warning(s)")
+        draw_check(info, key="new_run_check")
+        st.caption("As checked when it was registered; the Datasets page checks it again.")
+
+
 def dataset_value(registered: dict[str, dict]) -> str:
     ss = st.session_state
     choice = ss.get(KEY + "dataset_choice")
@@ -227,9 +245,12 @@ def model_value() -> str:
 
 def collect_values(registered: dict[str, dict]) -> dict[str, Any]:
     values = {}
+    task = st.session_state.get(KEY + "task", BY_NAME["task"]["default"])
     for info in FIELDS:
         name = info["name"]
-        if name == "dataset":
+        if not applies(info, task):
+            values[name] = info["default"]  # hidden: a past run's value must not linger
+        elif name == "dataset":
             values[name] = dataset_value(registered)
         elif name == "model":
             values[name] = model_value()
@@ -282,9 +303,14 @@ def submit() -> None:
     if errors:
         ss[ERRORS] = errors
         return
-    run_id = store.create_run(
-        state.get_db(), cfg.resolved(), name=cfg.name, user=state.current_user(), tags=tags_value()
-    )
+    try:
+        run_id = store.create_run(
+            state.get_db(), cfg.resolved(), name=cfg.name, tags=tags_value(),
+            by=state.current_user(),
+        )  # fmt: skip
+    except store.PermissionDenied as exc:  # the role changed since the page was drawn
+        ss[ERRORS] = {"queue": str(exc)}
+        return
     ss.pop(ERRORS, None)
     ss["new_run_queued"] = run_id
     ss["run_id"] = run_id
@@ -312,7 +338,7 @@ def draw_field(info: dict[str, Any], registered: dict[str, dict]) -> None:
     elif name == "dataset":
         st.selectbox(
             "Dataset",
-            [*registered, OTHER_PATH],
+            dataset_options(registered, task),
             key=KEY + "dataset_choice",
             help=help_text,
             on_change=on_dataset_change,
@@ -322,6 +348,9 @@ def draw_field(info: dict[str, Any], registered: dict[str, dict]) -> None:
                 else f"{n} ({registered[n]['task']}, {registered[n]['format']})"
             ),
         )
+        chosen = registered.get(st.session_state[KEY + "dataset_choice"])
+        if chosen is not None:
+            draw_dataset_check(chosen)
         if st.session_state[KEY + "dataset_choice"] == OTHER_PATH:
             st.text_input(
                 "Dataset path",
@@ -348,13 +377,13 @@ def draw_field(info: dict[str, Any], registered: dict[str, dict]) -> None:
     elif info.get("choices"):
         st.selectbox(label, list(info["choices"]), key=key, help=help_text)
     else:
-        draw_plain_field(info, label, task)
+        draw_plain_field(info, label)
     show_error(name)
     if name == "pretrained":
         draw_pretrained_warning()
 
 
-def draw_plain_field(info: dict[str, Any], label: str, task: str) -> None:
+def draw_plain_field(info: dict[str, Any], label: str) -> None:
     # No min_value/max_value on the number inputs: the browser would keep showing a typed
     # out-of-range value while the widget silently keeps the last valid one, and that one got
     # queued. RunConfig.validate reports the range beside the field instead.
@@ -362,7 +391,6 @@ def draw_plain_field(info: dict[str, Any], label: str, task: str) -> None:
     key = KEY + name
     kind, optional = kind_of(info)
     help_text = with_key(info)
-    disabled = name in DETECTION_ONLY and task != "detection"
     if kind == "bool":
         st.checkbox(label, key=key, help=help_text)
     elif kind == "int":
@@ -374,7 +402,6 @@ def draw_plain_field(info: dict[str, Any], label: str, task: str) -> None:
             placeholder=("default" if name == "main_process_port" else "model default")
             if optional
             else None,
-            disabled=disabled,
         )
     elif kind == "float":
         st.number_input(
@@ -485,9 +512,10 @@ st.selectbox(
     help="Fill the form with a past run's config, to change a few settings and launch again.",
 )
 
+task = st.session_state[KEY + "task"]
 for group in GROUPS:
     with st.expander(group, expanded=group in OPEN_GROUPS):
-        fields = [f for f in FIELDS if f["group"] == group]
+        fields = [f for f in FIELDS if f["group"] == group and applies(f, task)]
         columns = st.columns(2)
         for i, info in enumerate(fields):
             with columns[i % 2]:
@@ -512,6 +540,13 @@ if errors:
     for field, message in errors.items():
         if field not in known:
             st.error(message)
-st.button("Queue run", key="queue_run", type="primary", on_click=submit)
 user = state.current_user()
-st.caption(f"Launched as **{user or 'anonymous'}**." if user else "Set your name in the sidebar.")
+if store.may(user, "queue"):
+    st.button("Queue run", key="queue_run", type="primary", on_click=submit)
+    st.caption(f"Launched as **{user['username']}**.")
+else:
+    st.info(
+        f"You can look at the form, but your role ({user['role']}) does not queue runs: "
+        "ask an admin for the member role.",
+        icon=":material/lock:",
+    )

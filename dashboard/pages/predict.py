@@ -16,6 +16,7 @@ import streamlit as st
 
 from dashboard import charts, state
 from dashboard import images as pictures
+from engine import data_roots
 
 state.page_setup()
 
@@ -81,9 +82,15 @@ def read_server_paths(text: str) -> list[dict[str, Any]]:
     from engine.data import ImageError, read_image
     from engine.predict import collect_images
 
+    roots = data_roots.data_roots(state.home())
     paths = [p.strip() for p in text.replace("\n", ";").split(";") if p.strip()]
-    files, missing = collect_images(paths)
-    items = [{"name": p, "key": p, "image": None, "error": "file not found"} for p in missing]
+    # Only paths inside the data roots are looked at, and a missing path and one outside get
+    # the same error: the page must not show the server's files nor tell which exist.
+    files, missing = collect_images([p for p in paths if data_roots.is_inside(p, roots)])
+    files = [f for f in files if data_roots.is_inside(f, roots)]  # a symlink out of a folder
+    unseen = [p for p in paths if p in missing or not data_roots.is_inside(p, roots)]
+    error = f"not found inside the data roots ({data_roots.describe_roots(roots)})"
+    items = [{"name": p, "key": p, "image": None, "error": error} for p in unseen]
     if len(files) > MAX_SERVER_IMAGES:
         st.info(
             f"{len(files)} images found; showing the first {MAX_SERVER_IMAGES}. "
@@ -96,7 +103,7 @@ def read_server_paths(text: str) -> list[dict[str, Any]]:
         except ImageError as exc:
             item["error"] = exc.reason
         items.append(item)
-    if not files and not missing:
+    if not files and not unseen:
         items.append({"name": text, "key": text, "image": None, "error": "no images found"})
     return items
 
@@ -221,7 +228,9 @@ with st.expander("Images on this server", expanded=bool(st.session_state.get("pr
     st.text_input(
         "File or folder paths (separate several with ;)",
         key="predict_paths",
-        help=f"Folders are searched recursively; the first {MAX_SERVER_IMAGES} images are shown.",
+        help=f"Folders are searched recursively; the first {MAX_SERVER_IMAGES} images are shown. "
+        "Paths must lie inside a data root: "
+        + data_roots.describe_roots(data_roots.data_roots(state.home())),
     )
 
 detection = predictor.task == "detection"

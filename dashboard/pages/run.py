@@ -32,28 +32,29 @@ GALLERY_SIZE = 12
 # -- actions (button callbacks) ------------------------------------------------------------
 
 
-# The buttons shown are store.allowed_actions(run); the run may have moved on since the page
-# was drawn, so a refusal is shown, not raised.
+# The buttons shown are store.allowed_actions(run, user); the run may have moved on since the
+# page was drawn (or the user's role changed), so a refusal is shown, not raised.
+REFUSALS = (store.RunNotFound, store.RunStateError, store.PermissionDenied)
 
 
 def cancel(run_id: int) -> None:
     try:
-        store.request_cancel(state.get_db(), run_id)
-    except (store.RunNotFound, store.RunStateError) as exc:
+        store.request_cancel(state.get_db(), run_id, by=state.current_user())
+    except REFUSALS as exc:
         st.toast(str(exc))
 
 
 def resume(run_id: int) -> None:
     try:
-        store.resume_run(state.get_db(), run_id)
-    except (store.RunNotFound, store.RunStateError) as exc:
+        store.resume_run(state.get_db(), run_id, by=state.current_user())
+    except REFUSALS as exc:
         st.toast(str(exc))
 
 
 def rerun(run_id: int) -> None:
     try:
-        new_id = store.queue_rerun(state.get_db(), run_id, user=state.current_user())
-    except (store.RunNotFound, store.RunStateError) as exc:
+        new_id = store.queue_rerun(state.get_db(), run_id, by=state.current_user())
+    except REFUSALS as exc:
         st.toast(str(exc))
         return
     st.session_state["run_pick"] = new_id
@@ -103,7 +104,8 @@ def draw_progress(run: dict[str, Any]) -> None:
     cols[0].metric(
         f"Best {metric}" if metric else "Best metric",
         "—" if best is None else f"{best:.4f}",
-        help="The test-split metric at the best epoch, the one whose weights are saved.",
+        help=f"The {summary.get('eval_split') or 'test'}-split metric at the best epoch, the one "
+        "whose weights are saved.",
     )
     cols[1].metric("Best epoch", summary.get("best_epoch") or "—")
     patience = config.get("early_stopping_patience")
@@ -148,9 +150,12 @@ def draw_charts(run: dict[str, Any]) -> None:
     config = run["config"] or {}
     x = st.session_state.get("run_x", "epoch")
     left, right = st.columns(2)
-    left.plotly_chart(charts.loss_figure(rows, x=x), key="chart_loss")
+    split = summary.get("eval_split") or "test"  # the split behind the test_* rows
+    left.plotly_chart(charts.loss_figure(rows, x=x, split=split), key="chart_loss")
     right.plotly_chart(
-        charts.metric_figure(rows, state.metric_label(run), summary.get("best_epoch"), x=x),
+        charts.metric_figure(
+            rows, state.metric_label(run), summary.get("best_epoch"), x=x, split=split
+        ),
         key="chart_metric",
     )
     left.plotly_chart(
@@ -205,7 +210,7 @@ def draw_worker_gone(run: dict[str, Any]) -> None:
 
 
 def draw_live(run_id: int, shown_status: str) -> None:
-    store.settle_run(state.get_db(), run_id)  # whoever looks records an orphan's end
+    store.settle_quietly(state.get_db(), run_id)  # whoever looks records an orphan's end
     run = store.get_run(state.get_db(), run_id)
     if run is None:
         st.warning(f"Run {run_id} was deleted.")
@@ -242,15 +247,23 @@ def detection_report(path: str, mtime: float, iou: float, score: float) -> dict:
     return report(preds["preds"], preds["targets"], preds["classes"], iou, score)
 
 
-def draw_classification_report(run: dict[str, Any], preds: dict, path, mtime: float) -> None:
+# Each report's widgets and charts take a key prefix: the final report draws the same ones.
+
+
+def draw_classification_report(
+    run: dict[str, Any], preds: dict, path, mtime: float, prefix: str = ""
+) -> None:
     report = classification_report(str(path), mtime)
     classes = [str(c) for c in preds["classes"]]
     tabs = st.tabs(["Confusion matrix", "Per class", "ROC and PR curves", "Mistakes"])
     with tabs[0]:
-        normalized = st.toggle("Normalised (share of each true class)", key="confusion_norm")
+        normalized = st.toggle(
+            "Normalised (share of each true class)", key=f"{prefix}confusion_norm"
+        )
         matrix = report["confusion_normalized"] if normalized else report["confusion"]
         st.plotly_chart(
-            charts.confusion_figure(matrix, classes, normalized=normalized), key="chart_confusion"
+            charts.confusion_figure(matrix, classes, normalized=normalized),
+            key=f"{prefix}chart_confusion",
         )
     with tabs[1]:
         st.dataframe(
@@ -263,12 +276,13 @@ def draw_classification_report(run: dict[str, Any], preds: dict, path, mtime: fl
         )
     with tabs[2]:
         left, right = st.columns(2)
-        left.plotly_chart(charts.curves_figure(report["roc"], "roc"), key="chart_roc")
-        right.plotly_chart(charts.curves_figure(report["pr"], "pr"), key="chart_pr")
+        left.plotly_chart(charts.curves_figure(report["roc"], "roc"), key=f"{prefix}chart_roc")
+        right.plotly_chart(charts.curves_figure(report["pr"], "pr"), key=f"{prefix}chart_pr")
     with tabs[3]:
         wrong = report["wrong"]
+        split = preds.get("split", "test")
         st.caption(
-            f"{len(wrong)} of {len(preds['targets'])} test images misclassified; the most "
+            f"{len(wrong)} of {len(preds['targets'])} {split} images misclassified; the most "
             f"confident mistakes first (showing {min(len(wrong), GALLERY_SIZE)})."
         )
         pictures, captions = [], []
@@ -289,13 +303,15 @@ def draw_classification_report(run: dict[str, Any], preds: dict, path, mtime: fl
             st.image(pictures, caption=captions, width=160)
 
 
-def draw_detection_report(run: dict[str, Any], preds: dict, path, mtime: float) -> None:
+def draw_detection_report(
+    run: dict[str, Any], preds: dict, path, mtime: float, prefix: str = ""
+) -> None:
     card = state.read_json(state.run_folder(run["id"]).card) or {}
     default_score = float(card.get("threshold") or 0.5)
     left, right = st.columns(2)
-    iou = left.slider("IoU threshold", 0.1, 0.95, 0.5, 0.05, key="det_iou")
+    iou = left.slider("IoU threshold", 0.1, 0.95, 0.5, 0.05, key=f"{prefix}det_iou")
     score = right.slider(
-        "Confidence threshold", 0.0, 1.0, round(default_score, 2), 0.01, key="det_score"
+        "Confidence threshold", 0.0, 1.0, round(default_score, 2), 0.01, key=f"{prefix}det_score"
     )
     report = detection_report(str(path), mtime, float(iou), float(score))
     classes = [str(c) for c in preds["classes"]]
@@ -314,13 +330,13 @@ def draw_detection_report(run: dict[str, Any], preds: dict, path, mtime: float) 
             },
         )
     with tabs[1]:
-        st.plotly_chart(charts.pr_curve_figure(report["pr_curve"]), key="chart_det_pr")
+        st.plotly_chart(charts.pr_curve_figure(report["pr_curve"]), key=f"{prefix}chart_det_pr")
     with tabs[2]:
         st.plotly_chart(
             charts.confusion_figure(
                 report["confusion"], report["row_labels"], report["column_labels"]
             ),
-            key="chart_det_confusion",
+            key=f"{prefix}chart_det_confusion",
         )
         st.caption(
             "Rows: true class; columns: predicted class. “not detected”: a true box no "
@@ -353,20 +369,49 @@ def draw_detection_report(run: dict[str, Any], preds: dict, path, mtime: float) 
             st.image(pictures, caption=captions, width=256)
 
 
-def draw_reports(run: dict[str, Any]) -> None:
-    path = state.run_folder(run["id"]).predictions
+def draw_report(run: dict[str, Any], path: Path, prefix: str = "") -> None:
+    """The report widgets of one predictions file (per-epoch split, or the final report's)."""
     preds = state.read_json(path)
     if not preds:
+        st.warning(f"Cannot read {path}.")
         return
     mtime = path.stat().st_mtime
-    st.header("Evaluation on the test split")
     try:
         if preds.get("task", run["task"]) == "detection":
-            draw_detection_report(run, preds, path, mtime)
+            draw_detection_report(run, preds, path, mtime, prefix)
         else:
-            draw_classification_report(run, preds, path, mtime)
+            draw_classification_report(run, preds, path, mtime, prefix)
     except (KeyError, ValueError, TypeError) as exc:
         st.error(f"Cannot read {path}: {exc}")
+
+
+def draw_final_report(run: dict[str, Any], final: dict[str, Any]) -> None:
+    """The best epoch's model scored once, at the end, on the split kept apart (test) while
+    the epochs were judged on val (engine.train's report_final_test)."""
+    split = final.get("split", "test")
+    st.header(f"Final report on the {split} split (best epoch {final.get('best_epoch')})")
+    st.caption(
+        f"The best epoch's model on {final.get('images', '—')} {split} images that took no part "
+        "in training or in choosing the best epoch: the score to expect on new data."
+    )
+    rows = [{"metric": k, "value": v} for k, v in (final.get("metrics") or {}).items()]
+    st.dataframe(
+        rows,
+        hide_index=True,
+        column_config={"value": st.column_config.NumberColumn(format="%.4f")},
+    )
+    draw_report(run, state.run_folder(run["id"]).final_predictions, prefix="final_")
+
+
+def draw_reports(run: dict[str, Any]) -> None:
+    summary = run["summary"] or {}
+    path = state.run_folder(run["id"]).predictions
+    if path.is_file():
+        split, epoch = summary.get("eval_split") or "test", summary.get("best_epoch")
+        st.header(f"Evaluation on the {split} split" + (f" (best epoch {epoch})" if epoch else ""))
+        draw_report(run, path)
+    if summary.get("final_test"):
+        draw_final_report(run, summary["final_test"])
 
 
 # The run folder holds model.safetensors already: offer it as a download, not an export.
@@ -447,9 +492,12 @@ st.caption(
     f"{run['user'] or 'anonymous'} on {state.format_time(run['created_at'])}"
     + (f" · tags: {', '.join(run['tags'])}" if run["tags"] else "")
 )
-# Only the actions that apply, left-aligned (fixed slots left gaps where one did not apply).
-allowed = store.allowed_actions(run)
+# Only the actions that apply to this run and this user, left-aligned (fixed slots left gaps
+# where one did not apply).
+allowed = store.allowed_actions(run, state.current_user())
 shown = [a for a in ("cancel", "resume", "rerun", "edit") if a in allowed]
+if store.state_actions(run) and not allowed:
+    st.caption("Read only: your role lets you look at this run, not change it.")
 slots = dict(zip(shown, st.columns([1] * len(shown) + [6 - len(shown)])))
 if "cancel" in slots:
     slots["cancel"].button(

@@ -1,7 +1,10 @@
-"""Detection CSV: an image path column and a column of JSON box lists.
+"""Detection CSV: an image path column with a column of JSON box lists, or one row per box.
 
-Each list holds {"bbox": [x, y, width, height], "category": name} in pixels, origin top left.
-Rows of the same image add up; an empty cell or [] makes a background image.
+A JSON list holds {"bbox": [x, y, width, height], "category": name} in pixels, origin top
+left; an empty cell or [] makes a background image. One row per box is TensorFlow Object
+Detection's layout (also Roboflow's "TensorFlow CSV", one `_annotations.csv` per split folder):
+`filename,width,height,class,xmin,ymin,xmax,ymax`, corners in pixels; a row with empty corners
+is a background image. Rows of the same image add up.
 """
 
 from __future__ import annotations
@@ -14,9 +17,14 @@ from engine.data.errors import DatasetError, Problems
 from engine.data.images import natural_key
 from engine.data.tables import (
     ANNOTATION_COLUMNS,
+    BOX_COLUMNS,
+    LABEL_COLUMNS,
+    column_names,
     find_csv_files,
     find_path_column,
     find_split_column,
+    has_box_columns,
+    is_dataset_csv,
     pick_column,
     read_rows,
     resolve_image,
@@ -53,20 +61,25 @@ def find_annotation_column(header, rows, csv_name: str, explicit: str | None = N
     raise DatasetError(
         f"{csv_name}: no column with JSON box lists like "
         '[{"bbox": [x, y, width, height], "category": "cat"}] '
-        f"(columns found: {', '.join(header)})"
+        f"(columns found: {column_names(header)})"
     )
 
 
 def read_detection_csv(path: Path, problems: Problems, columns: dict | None = None) -> RawDetection:
     columns = columns or {}
-    files = find_csv_files(path)
-    parts: dict[str, dict[Path, RawImage]] = {"train": {}, "test": {}}
+    files = find_csv_files(path, keep=None if columns else is_dataset_csv)
+    parts: dict[str, dict[Path, RawImage]] = {"train": {}, "val": {}, "test": {}}
     pending = []  # (image, split, category name, box, entry) until all classes are known
     for file_split, csv_path in files.items():
         header, rows = read_rows(csv_path)
         name = csv_path.name
         path_col = find_path_column(header, rows, name, columns.get("path"))
-        ann_col = find_annotation_column(header, rows, name, columns.get("annotations"))
+        per_box = has_box_columns(header) and not columns.get("annotations")
+        if per_box:
+            corners = [pick_column(header, (c,), c, name) for c in BOX_COLUMNS]
+            ann_col = pick_column(header, LABEL_COLUMNS, "class", name, columns.get("label"))
+        else:
+            ann_col = find_annotation_column(header, rows, name, columns.get("annotations"))
         split_col = find_split_column(header) if file_split == "all" else None
         for line, row in rows:
             where = f"{name} line {line}"
@@ -75,6 +88,14 @@ def read_detection_csv(path: Path, problems: Problems, columns: dict | None = No
             if split == "all":
                 split = split_value(row.get(split_col, ""), where) if split_col else "train"
             image = parts[split].setdefault(image_path, RawImage(image_path, csv_path))
+            if per_box:
+                box = _row_box(row, corners, where)
+                if box is not None:
+                    category = (row.get(ann_col) or "").strip()
+                    if not category:
+                        raise DatasetError(f"{where}: empty class in column {ann_col!r}")
+                    pending.append((image, category, box, f"line {line}"))
+                continue
             text = (row.get(ann_col) or "").strip()
             if not text:
                 continue
@@ -104,8 +125,15 @@ def read_detection_csv(path: Path, problems: Problems, columns: dict | None = No
         image.boxes.append(box)
         image.labels.append(classes.index(category))
         image.entries.append(entry)
-    train = list(parts["train"].values())
-    test = list(parts["test"].values()) or None
+    train, val, test = (list(parts[k].values()) or None for k in ("train", "val", "test"))
     if not train:
         raise DatasetError(f"{path.name}: no rows (or no training rows)")
-    return RawDetection(classes, train, test)
+    return RawDetection(classes, train, test, val, list(files.values()))
+
+
+def _row_box(row: dict, corners: list[str], where: str) -> list[float] | None:
+    """[xmin, ymin, xmax, ymax] of a one-row-per-box line; None when all four are empty."""
+    values = [(row.get(c) or "").strip() for c in corners]
+    if not any(values):
+        return None  # an image listed without a box: background
+    return [to_number(v, f"{where}: {c}") for v, c in zip(values, corners)]

@@ -1,8 +1,9 @@
 """Classification readers: image folders and CSV files.
 
-Image folder: `train/` plus `val/` (or `valid/`, `validation/`, `test/`) with one folder per
-class in each, or just one folder per class (then the seeded split applies). Images in nested
-folders inside a class folder belong to that class.
+Image folder: `train/` plus `val/` (or `valid/`, `validation/`) and/or `test/` with one folder
+per class in each (folder names in any case), or just one folder per class (then the seeded
+split applies). Images in nested folders inside a class folder belong to that class; files
+outside the class folders are listed as ignored by the loader.
 
 CSV: an image path column and a label column, found by their usual names, by their content (the
 one column of image file names; the one column left for the label) or named with
@@ -13,18 +14,19 @@ decoded is skipped and listed in problems, like in an image folder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.data.errors import DatasetError, Problems
 from engine.data.images import list_images, natural_key
+from engine.data.signatures import split_folders
 from engine.data.tables import (
-    TEST_NAMES,
-    TRAIN_NAMES,
     find_csv_files,
     find_label_column,
     find_path_column,
     find_split_column,
+    has_box_columns,
+    is_dataset_csv,
     read_rows,
     resolve_image,
     split_value,
@@ -37,7 +39,9 @@ class LabelledFiles:
 
     classes: list[str]
     train: list[tuple[Path, int]]
-    test: list[tuple[Path, int]] | None  # None: the data has no split of its own
+    test: list[tuple[Path, int]] | None  # None: the data declares no test split
+    val: list[tuple[Path, int]] | None = None  # None: the data declares no val split
+    files: list[Path] = field(default_factory=list)  # annotation files read (CSVs)
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -47,25 +51,18 @@ def _subdirs(folder: Path) -> list[Path]:
     )
 
 
-def find_split_dirs(root: Path) -> tuple[Path | None, Path | None]:
-    """(train folder, test folder) of an image folder dataset, either may be None."""
-    by_name = {p.name.lower(): p for p in _subdirs(root)}
-    train = next((by_name[n] for n in TRAIN_NAMES if n in by_name), None)
-    test = next((by_name[n] for n in TEST_NAMES if n in by_name), None)
-    return train, test
-
-
 def read_imagefolder(root: Path, problems: Problems, columns: dict | None = None) -> LabelledFiles:
     if not root.is_dir():
         raise DatasetError(f"{root}: an image folder dataset must be a folder")
-    train_dir, test_dir = find_split_dirs(root)
-    if train_dir is None and test_dir is not None:
+    dirs = split_folders(root)
+    train_dir = dirs.get("train")
+    if train_dir is None and dirs:
+        held = next(iter(dirs.values()))
         raise DatasetError(
-            f"{root}: found {test_dir.name}/ but no train/ folder; add train/ with one folder "
+            f"{root}: found {held.name}/ but no train/ folder; add train/ with one folder "
             "per class, or put the class folders directly in the dataset folder"
         )
-    top = [train_dir, test_dir] if train_dir else [root]
-    top = [d for d in top if d is not None]
+    top = list(dirs.values()) if train_dir else [root]
     names = {c.name for d in top for c in _subdirs(d)}
     classes = sorted(names, key=natural_key)
     if not classes:
@@ -73,12 +70,7 @@ def read_imagefolder(root: Path, problems: Problems, columns: dict | None = None
             f"{top[0]}: no class folders; put the images of each class in a folder named after "
             "the class"
         )
-    loose = [p for d in top for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
-    loose = [p for p in loose if p.suffix.lower() not in (".csv", ".json", ".txt", ".md", ".yaml")]
-    if loose:
-        problems.add(
-            top[0], f"{len(loose)} file(s) directly in the folder, not in a class folder: ignored"
-        )
+    # Files beside the class folders are listed with the dataset's ignored files (load.py).
 
     def files_of(folder: Path) -> list[tuple[Path, int]]:
         found = []
@@ -88,27 +80,35 @@ def read_imagefolder(root: Path, problems: Problems, columns: dict | None = None
                 found += [(p, index) for p in list_images(class_dir)]
         return found
 
-    train = files_of(top[0])
-    test = files_of(test_dir) if train_dir and test_dir else None
+    train = files_of(train_dir or root)
+    val = files_of(dirs["val"]) if "val" in dirs else None
+    test = files_of(dirs["test"]) if "test" in dirs else None
     for index, name in enumerate(classes):
         if not any(label == index for _, label in train):
-            where = f"{top[0].name}/{name}/" if train_dir else f"{name}/"
-            raise DatasetError(
+            where = f"{train_dir.name}/{name}/" if train_dir else f"{name}/"
+            problems.block(
+                f"{train_dir or root}/{name}",
                 f"class {name!r} has no training images (folder {where}); add images or remove "
-                "the folder"
+                "the folder",
+                "empty_class",
             )
-    return LabelledFiles(classes, train, test)
+    return LabelledFiles(classes, train, test, val)
 
 
 def read_classification_csv(
     path: Path, problems: Problems, columns: dict | None = None
 ) -> LabelledFiles:
     columns = columns or {}
-    files = find_csv_files(path)
-    parts: dict[str, list[tuple[Path, str]]] = {"train": [], "test": []}
+    files = find_csv_files(path, keep=None if columns else is_dataset_csv)
+    parts: dict[str, list[tuple[Path, str]]] = {"train": [], "val": [], "test": []}
     for file_split, csv_path in files.items():
         header, rows = read_rows(csv_path)
         name = csv_path.name
+        if has_box_columns(header) and not columns.get("label"):
+            raise DatasetError(
+                f"{name}: one row per box (xmin, ymin, xmax, ymax columns): a detection "
+                "dataset; choose task=detection"
+            )
         path_col = find_path_column(header, rows, name, columns.get("path"))
         split_col = find_split_column(header) if file_split == "all" else None
         label_col = find_label_column(
@@ -127,10 +127,13 @@ def read_classification_csv(
     classes = sorted({label for part in parts.values() for _, label in part}, key=natural_key)
     index = {c: i for i, c in enumerate(classes)}
     train = [(p, index[label]) for p, label in parts["train"]]
+    val = [(p, index[label]) for p, label in parts["val"]] or None
     test = [(p, index[label]) for p, label in parts["test"]] or None
     if not train:
         raise DatasetError(f"{path.name}: no rows (or no training rows)")
     for i, name in enumerate(classes):
         if not any(label == i for _, label in train):
-            raise DatasetError(f"class {name!r} has no training images in {path.name}")
-    return LabelledFiles(classes, train, test)
+            problems.block(
+                path, f"class {name!r} has no training images in {path.name}", "empty_class"
+            )
+    return LabelledFiles(classes, train, test, val, list(files.values()))

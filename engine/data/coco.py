@@ -1,9 +1,12 @@
 """COCO JSON: one annotations file with an images folder, or train and val files.
 
 Layouts read: `annotations.json` + `images/`; `annotations/instances_train2017.json` +
-`train2017/`; Roboflow's `train/_annotations.coco.json` next to its images; `train.json` +
-`val.json`. A file_name is looked up next to its JSON, in `images/`, the dataset root and its
-sub-folders. Crowd annotations (iscrowd=1) are left out and counted.
+`train2017/`; Roboflow's `train/valid/test/_annotations.coco.json` next to its images; CVAT's
+`annotations/instances_default.json` + `images/`; Label Studio's `result.json` + `images/`;
+`train.json` + `val.json` (+ `test.json`). Only JSON files with `images`, `annotations` and
+`categories` lists count (signatures.is_coco_json): a stray stats.json is no annotation file. A
+file_name is looked up next to its JSON, in `images/`, the dataset root and its sub-folders.
+Crowd annotations (iscrowd=1) are left out and counted.
 """
 
 from __future__ import annotations
@@ -14,23 +17,28 @@ from pathlib import Path
 from engine.data.detection import RawDetection, RawImage, split_of_name, subdirs, to_number
 from engine.data.errors import DatasetError, Problems
 from engine.data.images import natural_key
+from engine.data.signatures import child, coco_jsons, files_in
+from engine.data_roots import exists_inside
 
 
 def find_coco_files(path: Path) -> tuple[Path, dict[str, Path]]:
-    """(dataset root, {"all": json} or {"train": json, "test": json})."""
+    """(dataset root, {"all": json} or {"train": json, "val": json, "test": json})."""
     if path.is_file():
-        root = path.parent.parent if path.parent.name == "annotations" else path.parent
+        root = path.parent.parent if path.parent.name.lower() == "annotations" else path.parent
         return root, {"all": path}
-    found = [p for p in path.glob("*.json")] + [p for p in path.glob("annotations/*.json")]
-    found += [p for d in subdirs(path) if d.name != "annotations" for p in d.glob("*.json")]
-    found = [p for p in found if not p.name.startswith(".")]
+    # No file passes for COCO: read the one that looks meant to be, so its error says why.
+    found = (
+        coco_jsons(path)
+        or (files_in(path, (".json",)) + files_in(child(path, "annotations"), (".json",)))[:1]
+    )
     if len(found) == 1:
         return path, {"all": found[0]}
     if not found:
         raise DatasetError(f"{path}: no COCO annotation file (.json) found")
     by_split: dict[str, list[Path]] = {}
     for p in found:
-        name = p.stem if p.parent in (path, path / "annotations") else f"{p.parent.name}/{p.stem}"
+        in_split_folder = p.parent != path and p.parent.name.lower() != "annotations"
+        name = f"{p.parent.name}/{p.stem}" if in_split_folder else p.stem
         split = split_of_name(name)
         if split:
             by_split.setdefault(split, []).append(p)
@@ -38,12 +46,8 @@ def find_coco_files(path: Path) -> tuple[Path, dict[str, Path]]:
         if len(paths) > 1:  # COCO itself ships instances_, captions_ and person_keypoints_ files
             preferred = [p for p in paths if p.stem.startswith("instances")]
             by_split[split] = preferred or paths
-    test = by_split.get("val") or by_split.get("test")
-    if by_split.get("train") and len(by_split["train"]) == 1 and (not test or len(test) == 1):
-        files = {"train": by_split["train"][0]}
-        if test:
-            files["test"] = test[0]
-        return path, files
+    if by_split.get("train") and all(len(paths) == 1 for paths in by_split.values()):
+        return path, {split: paths[0] for split, paths in by_split.items()}
     names = ", ".join(sorted(p.relative_to(path).as_posix() for p in found))
     raise DatasetError(
         f"{path}: several annotation files ({names}); keep one, or name them train and val"
@@ -106,9 +110,10 @@ def read_coco(path: Path, problems: Problems, columns: dict | None = None) -> Ra
     out: dict[str, list[RawImage]] = {}
     for split, (json_path, name, data) in parsed.items():
         out[split] = _read_coco_file(json_path, name, data, root, classes, problems)
+    read = list(files.values())
     if "all" in out:
-        return RawDetection(classes, out["all"], None)
-    return RawDetection(classes, out["train"], out.get("test"))
+        return RawDetection(classes, out["all"], None, None, read)
+    return RawDetection(classes, out["train"], out.get("test"), out.get("val"), read)
 
 
 def _read_coco_file(json_path, name, data, root, classes, problems) -> list[RawImage]:
@@ -119,9 +124,9 @@ def _read_coco_file(json_path, name, data, root, classes, problems) -> list[RawI
     for i, entry in enumerate(data["images"]):
         if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
             raise DatasetError(f"{name}: images entry {i}: needs 'id' and 'file_name'")
-        file_name = str(entry["file_name"])
+        file_name = str(entry["file_name"]).replace("\\", "/")  # exports made on Windows
         # Most files share one folder: try the last one that worked before searching.
-        base = next((b for b in [last_base, *bases] if (b / file_name).is_file()), None)
+        base = next((b for b in [last_base, *bases] if exists_inside(b / file_name)), None)
         if base is None:
             looked = ", ".join(problems.rel(b) + "/" for b in bases[:4])
             raise DatasetError(

@@ -50,7 +50,9 @@ class RawImage:
 class RawDetection:
     classes: list[str]
     train: list[RawImage]
-    test: list[RawImage] | None  # None: the data has no split of its own
+    test: list[RawImage] | None  # None: the data declares no test split
+    val: list[RawImage] | None = None  # None: the data declares no val split
+    files: list[Path] = field(default_factory=list)  # annotation files read (besides sources)
 
 
 def to_number(value, where: str) -> float:
@@ -64,10 +66,11 @@ def to_number(value, where: str) -> float:
 
 
 def split_of_name(name: str) -> str | None:
+    """The split a file or folder name mentions: instances_val2017, valid/_annotations.coco."""
     name = name.lower()
     if any(n in name for n in TRAIN_NAMES):
         return "train"
-    if any(n in name for n in ("val", "valid")):
+    if "val" in name:
         return "val"
     if "test" in name:
         return "test"
@@ -86,7 +89,7 @@ def to_samples(images: list[RawImage], problems: Problems) -> list[DetSample]:
     samples = []
     for image, size in zip(images, sizes):
         if isinstance(size, ImageError):
-            problems.add(image.path, f"skipped: {size.reason}")
+            problems.add(image.path, f"skipped: {size.reason}", "unreadable")
             problems.count("skipped_images")
             continue
         width, height = size
@@ -103,6 +106,7 @@ def to_samples(images: list[RawImage], problems: Problems) -> list[DetSample]:
                 problems.add(
                     image.source,
                     f"{where}: box {shown} has no area inside the {width}x{height} image: dropped",
+                    "bad_box",
                 )
                 problems.count("boxes_dropped")
                 continue
@@ -110,6 +114,7 @@ def to_samples(images: list[RawImage], problems: Problems) -> list[DetSample]:
                 problems.add(
                     image.source,
                     f"{where}: box {shown} reaches outside the {width}x{height} image: clipped",
+                    "bad_box",
                 )
                 problems.count("boxes_clipped")
             boxes.append(c)
@@ -134,7 +139,7 @@ def drop_unused_classes(
     unused = [c for i, c in enumerate(classes) if i not in used]
     shown = ", ".join(unused[:10]) + (f" and {len(unused) - 10} more" if len(unused) > 10 else "")
     if used:
-        problems.add(source, f"class(es) without any box left out: {shown}")
+        problems.add(source, f"class(es) without any box left out: {shown}", "empty_class")
     remap = np.full(len(classes), -1, dtype=np.int64)
     remap[used] = np.arange(len(used))
     parts = [[DetSample(s.path, s.boxes, remap[s.labels]) for s in part] for part in parts]

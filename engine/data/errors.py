@@ -10,6 +10,10 @@ from pathlib import Path
 
 # Beyond this many, problems are only counted: a list of 100 000 clipped boxes helps nobody.
 MAX_PROBLEMS = 500
+# What a problem means for a run: blocking ones stop it before it is queued, warnings are
+# worth a look (the run goes on without the file or box), info says what was left aside.
+BLOCKING, WARNING, INFO = "blocking", "warning", "info"
+SEVERITIES = (BLOCKING, WARNING, INFO)
 
 
 class DatasetError(ValueError):
@@ -26,7 +30,11 @@ class ImageError(DatasetError):
 
 
 class Problems:
-    """Collects {"file", "message"} entries with paths relative to the dataset root."""
+    """Collects {"severity", "kind", "file", "message"} entries, paths relative to the root.
+
+    Blocking problems (`block`) are all kept, so one never hides another; a caller that must
+    stop on them (training) calls `raise_blocking` once everything has been read.
+    """
 
     def __init__(self, root: Path):
         self.root = root
@@ -38,18 +46,49 @@ class Problems:
         self.counts[key] = self.counts.get(key, 0) + n
 
     def rel(self, path: str | Path) -> str:
-        return relative(path, self.root)
+        return relative(path, self.root) if str(path) else ""  # "": the dataset as a whole
 
-    def add(self, file: str | Path, message: str) -> None:
+    def add(
+        self, file: str | Path, message: str, kind: str = "other", severity: str = WARNING
+    ) -> None:
         self.total += 1
-        if len(self.items) < MAX_PROBLEMS:
-            self.items.append({"file": self.rel(file), "message": message})
+        if len(self.items) < MAX_PROBLEMS or severity == BLOCKING:
+            item = {"severity": severity, "kind": kind, "file": self.rel(file), "message": message}
+            self.items.append(item)
+
+    def block(self, file: str | Path, message: str, kind: str = "dataset") -> None:
+        self.add(file, message, kind, BLOCKING)
+
+    @property
+    def blocking(self) -> list[dict[str, str]]:
+        return [p for p in self.items if p["severity"] == BLOCKING]
+
+    def raise_blocking(self) -> None:
+        """DatasetError with the first blocking problem's message (and how many more)."""
+        message = blocking_message(self.blocking)
+        if message:
+            raise DatasetError(message)
 
     def as_list(self) -> list[dict[str, str]]:
         if self.total > len(self.items):
             more = self.total - len(self.items)
-            return self.items + [{"file": "", "message": f"... and {more} more problems"}]
+            line = {  # most of what is cut is warnings: the line stays in their table
+                "severity": WARNING,
+                "kind": "more",
+                "file": "",
+                "message": f"... and {more} more problems",
+            }
+            return self.items + [line]
         return list(self.items)
+
+
+def blocking_message(blocking: list[dict[str, str]]) -> str | None:
+    """One message for a list of blocking problems: the first, and how many more."""
+    if not blocking:
+        return None
+    more = len(blocking) - 1
+    extra = f" (and {more} more blocking problem(s): see `visionboard datasets inspect`)"
+    return blocking[0]["message"] + (extra if more else "")
 
 
 def relative(path: str | Path, root: Path) -> str:

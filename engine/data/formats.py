@@ -1,11 +1,22 @@
-"""Which format a dataset is in, which task it serves, and the registry of readers.
+"""Which layout a dataset is in, which task it serves, and the registry of readers.
 
 Readers are data (timm style): FORMATS[task][name] → reader(path, problems, columns), for
 exactly the formats engine.choices.DATASET_FORMATS registers for each task.
+
+A layout is recognised by content, never by the first file that happens to match: a JSON is
+COCO only when it parses with `images`, `annotations` and `categories` lists, a YAML is YOLO
+only with `names`, a CSV is a dataset only when a column holds image file names, an XML is VOC
+only with an <annotation> root. Folder names match in any case (Annotations/annotations,
+JPEGImages/jpegimages). Anything else (README, LICENSE, stats.json, .DS_Store) is a stray file:
+not evidence of a layout, and listed as ignored once the dataset is read (strays.py). The task,
+when known, narrows the candidates; when two layouts still fit, the error names both and how to
+choose. A folder holding just one folder (an unpacked download: dataset/chest_xray/train/...)
+is looked into.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from engine import choices
@@ -14,9 +25,25 @@ from engine.data.classification import read_classification_csv, read_imagefolder
 from engine.data.coco import read_coco
 from engine.data.errors import DatasetError
 from engine.data.images import is_image_file
-from engine.data.tables import find_csv_files, read_rows
+from engine.data.signatures import (
+    child,
+    coco_jsons,
+    files_in,
+    has_images,
+    is_voc_xml,
+    split_folders,
+    subfolders,
+    yolo_yamls,
+)
+from engine.data.tables import (
+    find_csv_files,
+    has_box_columns,
+    is_dataset_csv,
+    read_rows,
+    split_of_folder,
+)
 from engine.data.voc import read_voc
-from engine.data.yolo import find_yolo_yaml, read_yolo
+from engine.data.yolo import YOLO_CLASS_FILES, read_yolo
 
 FORMATS = {
     "classification": {"imagefolder": read_imagefolder, "csv": read_classification_csv},
@@ -32,95 +59,252 @@ for _task in choices.TASKS:
         f"{_task} dataset formats", choices.formats_for(_task), FORMATS[_task]
     )
 choices.check_implemented("tasks with dataset readers", choices.TASKS, FORMATS)
-_COCO_KEYS = ('"images"', '"annotations"', '"categories"')
+
+# Folders that belong to a layout, so never a class of an image folder.
+LAYOUT_FOLDERS = frozenset(
+    {"images", "labels", "annotations", "jpegimages", "imagesets", "segmentationclass",
+     "segmentationobject", "masks"}
+)  # fmt: skip
+# Near misses: annotation files whose name says what they are meant to be, read by their reader
+# so its error says what is wrong with them (rather than "cannot tell the format").
+_COCO_NAMES = re.compile(r"(annotation|instances|coco|result|_annotations|labels)", re.I)
 
 
-def _is_coco_json(path: Path) -> bool:
-    """Peek at the start of a .json file: COCO files name their lists near the top."""
+# -- evidence per layout: a short note of what was found, or None ---------------------------------
+
+
+def _coco_evidence(root: Path) -> str | None:
+    found = coco_jsons(root)
+    return _name_files(root, found) if found else None
+
+
+def _yolo_evidence(root: Path) -> str | None:
+    found = yolo_yamls(root)
+    if found:
+        return _name_files(root, found)
+    # Label Studio's YOLO export: classes.txt, images/, labels/ (no data.yaml)
+    labels, images = child(root, "labels"), child(root, "images")
+    class_file = next((root / n for n in YOLO_CLASS_FILES if (root / n).is_file()), None)
+    if labels and images and class_file and files_in(labels, (".txt",)):
+        return f"{class_file.name}, {images.name}/ and {labels.name}/"
+    return None
+
+
+def _voc_evidence(root: Path) -> str | None:
+    annotations = child(root, "Annotations")
+    xmls = [p for p in files_in(annotations, (".xml",))[:3] if is_voc_xml(p)]
+    if xmls:
+        return f"{annotations.name}/*.xml"
+    # XML beside the images: LabelImg, Roboflow's VOC export (one folder per split)
+    for folder in [root, *split_folders(root).values()]:
+        xmls = [p for p in files_in(folder, (".xml",))[:3] if is_voc_xml(p)]
+        if xmls and any(is_image_file(p) for p in folder.iterdir()):
+            return f"{_rel(root, folder)}*.xml beside the images"
+    return None
+
+
+def _csv_evidence(root: Path) -> str | None:
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            head = fh.read(1 << 16)
-    except OSError:
-        return False
-    return any(key in head for key in _COCO_KEYS)
+        files = find_csv_files(root, keep=is_dataset_csv)
+    except DatasetError:
+        return None
+    files = {k: v for k, v in files.items() if is_dataset_csv(v)}
+    return _name_files(root, list(files.values())) if files else None
 
 
-def _coco_candidates(root: Path) -> list[Path]:
-    found = list(root.glob("*.json")) + list(root.glob("annotations/*.json"))
-    found += [
-        p
-        for d in root.iterdir()
-        if d.is_dir() and not d.name.startswith(".")
-        for p in d.glob("*.json")
+def _imagefolder_evidence(root: Path) -> str | None:
+    top = split_folders(root).get("train", root)
+    classes = [
+        d
+        for d in subfolders(top)
+        if d.name.lower() not in LAYOUT_FOLDERS and not split_of_folder(d.name) and has_images(d)
     ]
-    return [p for p in found if not p.name.startswith(".") and _is_coco_json(p)]
+    # One folder of images at the root is a download's wrapper, or a layout's images folder.
+    if len(classes) < (1 if top != root else 2):
+        return None
+    shown = ", ".join(d.name for d in classes[:3]) + (", ..." if len(classes) > 3 else "")
+    return f"class folders {_rel(root, top)}{{{shown}}}/"
 
 
-def _has_class_folders(root: Path, at_least: int = 1) -> bool:
-    found = 0
-    for sub in root.iterdir():
-        if sub.is_dir() and not sub.name.startswith("."):
-            if any(is_image_file(p) for p in sub.rglob("*") if p.is_file()):
-                found += 1
-                if found >= at_least:
-                    return True
-    return False
+EVIDENCE = {
+    "yolo": _yolo_evidence,
+    "voc": _voc_evidence,
+    "coco": _coco_evidence,
+    "csv": _csv_evidence,
+    "imagefolder": _imagefolder_evidence,
+}
 
 
-def _loose_files(root: Path, patterns: tuple[str, ...]) -> list[Path]:
-    return [p for pattern in patterns for p in root.glob(pattern) if not p.name.startswith(".")]
+def _rel(root: Path, path: Path) -> str:
+    return "" if path == root else path.relative_to(root).as_posix() + "/"
 
 
-def detect_format(path: str | Path) -> str:
-    """One of imagefolder, csv, coco, voc, yolo; DatasetError when none fits."""
+def _name_files(root: Path, files: list[Path]) -> str:
+    names = [p.relative_to(root).as_posix() for p in files]
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+# -- detection ----------------------------------------------------------------------------------
+
+
+def csv_task(path: Path) -> str:
+    """detection for one row per box (xmin..ymax) or JSON box lists, else classification."""
+    try:
+        csv_path = next(iter(find_csv_files(path, keep=is_dataset_csv).values()))
+        header, rows = read_rows(csv_path)
+    except DatasetError:
+        return "classification"
+    if has_box_columns(header):
+        return "detection"
+    try:
+        column = find_annotation_column(header, rows[:20], csv_path.name)
+    except DatasetError:
+        return "classification"
+    values = [(row.get(column) or "").strip() for _, row in rows[:20]]
+    return "detection" if any(looks_like_box_list(v) for v in values) else "classification"
+
+
+def _tasks_of(fmt: str, root: Path) -> tuple[str, ...]:
+    return (csv_task(root),) if fmt == "csv" else _format_info(fmt).tasks
+
+
+def layout_candidates(root: Path, task: str | None = None) -> dict[str, str]:
+    """{format: what was found} for every layout that fits `root` (and serves `task`)."""
+    fits = {}
+    for fmt, evidence in EVIDENCE.items():
+        if task is not None and task not in _format_info(fmt).tasks:
+            continue
+        found = evidence(root)
+        if found and (task is None or task in _tasks_of(fmt, root)):
+            fits[fmt] = found
+    return fits
+
+
+def _near_miss(root: Path, task: str | None) -> str | None:
+    """A layout meant but broken (a data.yaml without names, a .json that is no COCO): named, so
+    its reader says what is wrong instead of "cannot tell the format"."""
+    if task == "classification":
+        return None
+    if child(root, "labels") and files_in(root, (".yaml", ".yml")):
+        return "yolo"
+    jsons = files_in(root, (".json",)) + files_in(child(root, "annotations"), (".json",))
+    if any(_COCO_NAMES.search(p.stem) for p in jsons):
+        return "coco"
+    if files_in(child(root, "Annotations"), (".xml",)):
+        return "voc"
+    return None
+
+
+def _only_subfolder(root: Path) -> Path | None:
+    """The one folder inside `root` (stray files beside it allowed), else None."""
+    subs = subfolders(root)
+    return subs[0] if len(subs) == 1 else None
+
+
+def detect_layout(
+    path: str | Path, task: str | None = None, fmt: str | None = "auto"
+) -> tuple[str, Path]:
+    """(format, dataset root): the layout of `path` (or of the one folder inside it), among
+    those serving `task` when given. With an explicit `fmt`, only the root is found."""
     path = Path(path).expanduser()
+    explicit = fmt not in ("auto", None, "")
+    if explicit:
+        _format_info(fmt)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
     if path.is_file():
-        by_suffix = {".csv": "csv", ".json": "coco", ".yaml": "yolo", ".yml": "yolo"}
-        if path.suffix.lower() in by_suffix:
-            return by_suffix[path.suffix.lower()]
+        return (fmt if explicit else _format_of_file(path)), path
+    root = path
+    for _ in range(3):
+        fits = layout_candidates(root, task)
+        if explicit:
+            if fmt in fits:
+                return fmt, root
+        elif len(fits) == 1:
+            return next(iter(fits)), root
+        elif len(fits) > 1:
+            raise DatasetError(_ambiguous(root, fits))
+        else:
+            near = _near_miss(root, task)
+            if near:
+                return near, root
+            other = layout_candidates(root) if task else {}
+            if other:
+                raise DatasetError(_other_task(root, task, other))
+        inner = _only_subfolder(root)
+        if inner is None:
+            break
+        root = inner
+    if explicit:
+        return fmt, path  # its reader says what is missing
+    if task != "detection" and any(has_images(d) for d in subfolders(path)):
+        return "imagefolder", path  # one class folder: its reader says a class is missing
+    raise DatasetError(_cannot_tell(path, task))
+
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar")
+
+
+def _format_of_file(path: Path) -> str:
+    if path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        # Unpacking belongs to the upload (engine.data.upload), which checks every entry.
         raise DatasetError(
-            f"{path}: a dataset file must be a .csv, a COCO .json or a YOLO data.yaml"
+            f"{path.name}: an archive, not a dataset; unpack it into a folder inside the data "
+            "roots, or upload it on the dashboard's Datasets page (it is unpacked there)"
         )
-    if find_yolo_yaml(path):
-        return "yolo"
-    if (path / "Annotations").is_dir():
-        return "voc"
-    if _coco_candidates(path):
-        return "coco"
-    if any(not p.name.startswith(".") for p in path.glob("*.csv")):
-        return "csv"
-    # A broken annotation file must not make a COCO or YOLO set pass for an image folder with
-    # one class ("images"): name the format it is meant to be, so its reader says what is wrong.
-    if not _has_class_folders(path, at_least=2):
-        if (path / "labels").is_dir() and _loose_files(path, ("*.yaml", "*.yml")):
-            return "yolo"
-        if _loose_files(path, ("*.json", "annotations/*.json")):
-            return "coco"
-    if _has_class_folders(path):
-        return "imagefolder"
-    raise DatasetError(
-        f"{path}: cannot tell the dataset format; expected one folder per class (imagefolder), "
-        "a .csv file, a COCO .json, a Pascal VOC Annotations/ folder or a YOLO data.yaml"
+    by_suffix = {".csv": "csv", ".json": "coco", ".yaml": "yolo", ".yml": "yolo"}
+    if path.suffix.lower() in by_suffix:
+        return by_suffix[path.suffix.lower()]
+    raise DatasetError(f"{path}: a dataset file must be a .csv, a COCO .json or a YOLO data.yaml")
+
+
+def _ambiguous(root: Path, fits: dict[str, str]) -> str:
+    found = "; ".join(f"{fmt} ({what})" for fmt, what in fits.items())
+    choose = " or ".join(f"dataset_format={fmt}" for fmt in fits)
+    return f"{root}: more than one layout fits: {found}; choose one with {choose}"
+
+
+def _other_task(root: Path, task: str, fits: dict[str, str]) -> str:
+    found = "; ".join(f"{fmt} ({what})" for fmt, what in fits.items())
+    tasks = sorted({t for fmt in fits for t in _tasks_of(fmt, root)})
+    return f"{root}: holds a {' or '.join(tasks)} dataset ({found}), not {task}; choose task=" + (
+        " or task=".join(tasks)
     )
+
+
+def _cannot_tell(path: Path, task: str | None) -> str:
+    expected = {
+        "imagefolder": "one folder per class (imagefolder)",
+        "csv": "a .csv file listing images",
+        "coco": "a COCO .json",
+        "voc": "a Pascal VOC Annotations/ folder",
+        "yolo": "a YOLO data.yaml",
+    }
+    names = choices.formats_for(task) if task in choices.TASKS else tuple(expected)
+    order = [f for f in expected if f in names]
+    return (
+        f"{path}: cannot tell the dataset format; expected "
+        + ", ".join(expected[f] for f in order[:-1])
+        + f" or {expected[order[-1]]}"
+    )
+
+
+def detect_format(path: str | Path, task: str | None = None) -> str:
+    """One of imagefolder, csv, coco, voc, yolo; DatasetError when none or several fit."""
+    return detect_layout(path, task)[0]
 
 
 def detect_task(path: str | Path, fmt: str) -> str:
     """The task a dataset serves: a format's only task, or for CSV, detection when it holds
-    JSON box lists."""
+    boxes (one row per box, or JSON box lists)."""
     tasks = _format_info(fmt).tasks
     if len(tasks) == 1:
         return tasks[0]
     if fmt == "csv":
-        csv_path = next(iter(find_csv_files(Path(path)).values()))
-        header, rows = read_rows(csv_path)
-        try:
-            column = find_annotation_column(header, rows[:20], csv_path.name)
-        except DatasetError:
-            return "classification"
-        values = [(row.get(column) or "").strip() for _, row in rows[:20]]
-        return "detection" if any(looks_like_box_list(v) for v in values) else "classification"
+        path = Path(path).expanduser()
+        if path.is_dir():
+            path = detect_layout(path, fmt="csv")[1]
+        return csv_task(path)
     raise DatasetError(f"dataset format {fmt!r} serves {', '.join(tasks)}: no rule tells which")
 
 

@@ -1,13 +1,22 @@
-"""inspect_dataset: what a dataset holds and what is wrong with it, as plain JSON-able data."""
+"""inspect_dataset: what a dataset holds and everything wrong with it, as plain JSON-able data.
+
+Every problem is {"severity", "kind", "file", "message"}: `blocking` ones stop a run before it
+is queued (an empty class, a malformed annotation file), `warning` ones are worth a look (an
+unreadable image the run skips, a clipped box, leakage between splits, a placeholder image),
+`info` ones say what was left aside (stray files). None hides another: the dataset is read
+in full even when the first blocking problem is found, and the data check (engine.data.checks)
+runs on whatever could be read.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from engine.data.errors import DatasetError
+from engine.data.checks import check_loose_files, check_splits
+from engine.data.errors import BLOCKING, SEVERITIES, DatasetError, Problems, blocking_message
 from engine.data.formats import detect_format, detect_task
-from engine.data.load import load_splits
+from engine.data.load import confine_dataset, load_splits
 
 
 def inspect_dataset(
@@ -16,10 +25,13 @@ def inspect_dataset(
     fmt: str = "auto",
     test_ratio: float = 0.2,
     seed: int = 0,
+    deep: bool = True,
 ) -> dict[str, Any]:
     """Images, classes, boxes per class, splits and problems; never raises for bad data.
 
-    A dataset that cannot be used gets its reason in "error" (and whatever was known before).
+    `deep` runs the data check across files (hashes every image: leakage, duplicates,
+    placeholders); without it only what the readers find is listed, which is all that can
+    block a run. "error" holds the blocking problems in one message (None when there are none).
     """
     report: dict[str, Any] = {
         "path": str(path),
@@ -30,23 +42,46 @@ def inspect_dataset(
         "images": {"train": 0, "test": 0},
         "images_per_class": {},
         "problems": [],
+        "ignored": [],
+        "summary": dict.fromkeys(SEVERITIES, 0),
         "error": None,
     }
+    root = Path(path).expanduser()
+    problems = Problems(root)
     try:
+        confine_dataset(root)  # before the format is guessed from what the path holds
         if report["format"] is None:
-            report["format"] = detect_format(path)
+            report["format"] = detect_format(root, task)  # the task narrows the layouts
         if task is None:
-            report["task"] = detect_task(path, report["format"])
-        splits = load_splits(path, report["task"], report["format"], test_ratio, seed)
+            report["task"] = detect_task(root, report["format"])
+        splits = load_splits(root, report["task"], report["format"], test_ratio, seed, strict=False)
     except DatasetError as exc:
-        report["error"] = str(exc)
-        return report
+        problems.block("", str(exc))
+        if deep:
+            check_loose_files(root, problems)
+        return _finish(report, problems.as_list())
     except Exception as exc:  # a reader bug must not take the dashboard page down with it
-        report["error"] = f"unexpected error while reading the dataset: {exc!r}"
-        return report
+        problems.block("", f"unexpected error while reading the dataset: {exc!r}")
+        return _finish(report, problems.as_list())
     report["path"] = str(splits.root)
     report["classes"] = list(splits.classes)
     report["split_source"] = splits.split_source
     report.update(splits.counts)
-    report["problems"] = splits.problems
+    found = list(splits.problems)
+    if deep:
+        checks = Problems(splits.root)
+        check_splits(splits, checks)
+        found += checks.as_list()
+    return _finish(report, found)
+
+
+def _finish(report: dict[str, Any], problems: list[dict[str, str]]) -> dict[str, Any]:
+    """Blocking problems first, then warnings, then info; counted; "error" from the blocking."""
+    problems = sorted(problems, key=lambda p: SEVERITIES.index(p.get("severity", "warning")))
+    report["problems"] = problems
+    report["ignored"] = [p["file"] for p in problems if p.get("kind") == "ignored"]
+    for p in problems:
+        if p.get("kind") != "more":
+            report["summary"][p["severity"]] += 1
+    report["error"] = blocking_message([p for p in problems if p["severity"] == BLOCKING])
     return report

@@ -1,8 +1,15 @@
-"""Pascal VOC: Annotations/*.xml and JPEGImages/, split by ImageSets/Main/train.txt, val.txt.
+"""Pascal VOC: XML files with <annotation> roots, in one of two layouts.
+
+- `Annotations/*.xml` and `JPEGImages/` (folder names in any case; `images/` also works), split
+  by `ImageSets/Main/{train,val,test}.txt` (or `trainval.txt`): every list there is kept, so a
+  test list beside val is the final-report split. CVAT's Pascal VOC 1.1 writes
+  `ImageSets/Main/default.txt` (no split: the seeded split applies) and `labelmap.txt`.
+- XML beside the images (LabelImg, Roboflow's VOC export), in the dataset folder or in one
+  folder per split (`train/`, `valid/`, `test/`).
 
 Coordinates are read as written (most tools write 0-based pixels). Class names come from a
-labels.txt (or classes.txt) when there is one, else from the objects, sorted. Without
-ImageSets, images that have no XML file are background images.
+labels.txt, classes.txt or CVAT labelmap.txt when there is one, else from the objects, sorted.
+Without split lists, images that have no XML file are background images.
 """
 
 from __future__ import annotations
@@ -12,88 +19,173 @@ from pathlib import Path
 
 from engine.data.detection import RawDetection, RawImage, to_number
 from engine.data.errors import DatasetError, Problems
-from engine.data.images import IMAGE_EXTENSIONS, list_images, natural_key
+from engine.data.images import IMAGE_EXTENSIONS, is_image_file, list_images, natural_key
+from engine.data.signatures import child, files_in, is_voc_xml, split_folders
+from engine.data_roots import exists_inside
 
-VOC_IMAGE_DIRS = ("JPEGImages", "images", "Images")
-VOC_CLASS_FILES = ("labels.txt", "classes.txt", "class_names.txt")
+VOC_IMAGE_DIRS = ("JPEGImages", "images")
+VOC_CLASS_FILES = ("labels.txt", "classes.txt", "class_names.txt", "labelmap.txt")
+# ImageSets/Main lists, per split, most specific first (VOC2007 ships train, val and trainval).
+VOC_LISTS = {"train": ("train", "trainval"), "val": ("val",), "test": ("test",)}
 
 
 def read_voc(path: Path, problems: Problems, columns: dict | None = None) -> RawDetection:
-    ann_dir = path / "Annotations"
-    if not ann_dir.is_dir():
-        raise DatasetError(f"{path}: no Annotations/ folder (Pascal VOC needs Annotations/*.xml)")
-    image_dir = next((path / d for d in VOC_IMAGE_DIRS if (path / d).is_dir()), None)
-    if image_dir is None:
-        raise DatasetError(f"{path}: no JPEGImages/ folder next to Annotations/")
-    class_file = next((path / f for f in VOC_CLASS_FILES if (path / f).is_file()), None)
-    fixed_classes = None
-    if class_file:
-        fixed_classes = [ln.strip() for ln in class_file.read_text().splitlines() if ln.strip()]
-    parsed: dict[str, tuple[Path | None, list[tuple[str, list, str]]]] = {}
-    for xml_path in sorted(ann_dir.glob("*.xml"), key=lambda p: natural_key(p.name)):
-        parsed[xml_path.stem] = _parse_voc_xml(xml_path, problems.rel(xml_path), image_dir)
-    names = {obj[0] for _, objects in parsed.values() for obj in objects}
-    if fixed_classes is not None:
-        classes = fixed_classes
-        for stem, (_, objects) in parsed.items():
-            for name, _, entry in objects:
-                if name not in classes:
-                    raise DatasetError(
-                        f"Annotations/{stem}.xml: {entry}: class {name!r} is not in "
-                        f"{class_file.name} ({', '.join(classes)})"
-                    )
-    else:
-        classes = sorted(names, key=natural_key)
-
-    def raw(stem: str) -> RawImage:
-        image_path, objects = parsed[stem]
-        xml_path = ann_dir / f"{stem}.xml"
-        if image_path is None:
-            raise DatasetError(
-                f"Annotations/{stem}.xml: image not found in {image_dir.name}/ "
-                "(looked for its <filename> and for the same name with an image extension)"
-            )
-        image = RawImage(image_path, xml_path)
-        for name, box, entry in objects:
-            image.boxes.append(box)
-            image.labels.append(classes.index(name))
-            image.entries.append(entry)
-        return image
-
-    split_files = _voc_split_files(path)
-    if split_files:
-        sets = {}
-        for split, list_path in split_files.items():
-            ids = []
-            for line_no, line in enumerate(list_path.read_text().splitlines(), 1):
-                stem = line.split()[0] if line.split() else ""
-                if not stem:
-                    continue
-                if stem not in parsed:
-                    raise DatasetError(
-                        f"{problems.rel(list_path)} line {line_no}: no Annotations/{stem}.xml"
-                    )
-                ids.append(stem)
-            sets[split] = [raw(s) for s in ids]
-        return RawDetection(classes, sets["train"], sets["test"])
-    images = [raw(stem) for stem in parsed]
-    annotated = {im.path.resolve() for im in images}
-    # Images without an XML file are background images, as in YOLO's layout.
-    for p in list_images(image_dir):
-        if p.resolve() not in annotated:
-            images.append(RawImage(p, p))
-    return RawDetection(classes, images, None)
-
-
-def _voc_split_files(root: Path) -> dict[str, Path] | None:
-    main = root / "ImageSets" / "Main"
-    train = next(
-        (main / f"{n}.txt" for n in ("train", "trainval") if (main / f"{n}.txt").is_file()), None
+    ann_dir = child(path, "Annotations")
+    if ann_dir is not None and files_in(ann_dir, (".xml",)):
+        return _read_voc_folders(path, ann_dir, problems)
+    folders = [f for f in [path, *split_folders(path).values()] if _has_voc_xml(f)]
+    if folders:
+        return _read_voc_beside(path, problems)
+    raise DatasetError(
+        f"{path}: no Annotations/ folder and no .xml files beside the images "
+        "(Pascal VOC needs Annotations/*.xml and JPEGImages/, or an .xml beside each image)"
     )
-    test = next((main / f"{n}.txt" for n in ("val", "test") if (main / f"{n}.txt").is_file()), None)
-    if train and test:
-        return {"train": train, "test": test}
-    return None
+
+
+def _has_voc_xml(folder: Path) -> bool:
+    return any(is_voc_xml(p) for p in files_in(folder, (".xml",))[:3])
+
+
+def _read_class_file(path: Path) -> tuple[list[str] | None, Path | None]:
+    """Class names from labels.txt / classes.txt (one a line) or CVAT's labelmap.txt
+    (`name:color:parts:actions`, `#` comments, a `background` entry)."""
+    class_file = next((path / f for f in VOC_CLASS_FILES if (path / f).is_file()), None)
+    if class_file is None:
+        return None, None
+    names = []
+    for line in class_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name = line.split(":")[0].strip() if class_file.name == "labelmap.txt" else line
+        if name and not (class_file.name == "labelmap.txt" and name == "background"):
+            names.append(name)
+    return names, class_file
+
+
+def _classes(path, parsed, problems) -> tuple[list[str], list[Path]]:
+    """The class list (a class file's, checked against the objects, or the objects' names)."""
+    fixed, class_file = _read_class_file(path)
+    if fixed is None:
+        names = {obj[0] for _, objects in parsed.values() for obj in objects}
+        return sorted(names, key=natural_key), []
+    for xml_path, (_, objects) in parsed.items():
+        for name, _, entry in objects:
+            if name not in fixed:
+                raise DatasetError(
+                    f"{problems.rel(xml_path)}: {entry}: class {name!r} is not in "
+                    f"{class_file.name} ({', '.join(fixed)})"
+                )
+    return fixed, [class_file]
+
+
+def _raw(xml_path: Path, image_path, objects, classes, image_dir: Path, problems) -> RawImage:
+    if image_path is None:
+        raise DatasetError(
+            f"{problems.rel(xml_path)}: image not found in {problems.rel(image_dir)}/ "
+            "(looked for its <filename> and for the same name with an image extension)"
+        )
+    image = RawImage(image_path, xml_path)
+    for name, box, entry in objects:
+        image.boxes.append(box)
+        image.labels.append(classes.index(name))
+        image.entries.append(entry)
+    return image
+
+
+def _read_voc_folders(path: Path, ann_dir: Path, problems: Problems) -> RawDetection:
+    image_dir = child(path, *VOC_IMAGE_DIRS)
+    if image_dir is None:
+        raise DatasetError(f"{path}: no JPEGImages/ folder next to {ann_dir.name}/")
+    parsed = {
+        xml_path: _parse_voc_xml(xml_path, problems.rel(xml_path), image_dir)
+        for xml_path in sorted(files_in(ann_dir, (".xml",)), key=lambda p: natural_key(p.name))
+    }
+    classes, read = _classes(path, parsed, problems)
+    by_stem = {xml_path.stem: xml_path for xml_path in parsed}
+
+    def raw(xml_path: Path) -> RawImage:
+        image_path, objects = parsed[xml_path]
+        return _raw(xml_path, image_path, objects, classes, image_dir, problems)
+
+    lists = _voc_split_files(path)
+    if "train" in lists:
+        sets = {}
+        for split, list_path in lists.items():
+            sets[split] = [raw(by_stem[stem]) for stem in _read_list(list_path, by_stem, problems)]
+        read += list(lists.values())
+        return RawDetection(classes, sets["train"], sets.get("test"), sets.get("val"), read)
+    if "all" in lists:  # CVAT's default.txt: every image it names, no split
+        named = set(_read_list(lists["all"], by_stem, problems))
+        images = [raw(by_stem[stem]) for stem in by_stem if stem in named]
+        read.append(lists["all"])
+        return RawDetection(classes, images, None, None, read)
+    images = [raw(xml_path) for xml_path in parsed]
+    return RawDetection(classes, images + _background(image_dir, images), None, None, read)
+
+
+def _background(folder: Path, images: list[RawImage]) -> list[RawImage]:
+    """Images without an XML file: background images, as in YOLO's layout."""
+    annotated = {im.path.resolve() for im in images}
+    return [RawImage(p, p) for p in list_images(folder) if p.resolve() not in annotated]
+
+
+def _read_list(list_path: Path, by_stem: dict, problems: Problems) -> list[str]:
+    stems = []
+    for line_no, line in enumerate(list_path.read_text().splitlines(), 1):
+        stem = line.split()[0] if line.split() else ""
+        if not stem:
+            continue
+        if stem not in by_stem:
+            raise DatasetError(
+                f"{problems.rel(list_path)} line {line_no}: no annotation file {stem}.xml"
+            )
+        stems.append(stem)
+    return stems
+
+
+def _voc_split_files(root: Path) -> dict[str, Path]:
+    """{"train": list, "val": ..., "test": ...} from ImageSets/Main, or {"all": default.txt}."""
+    image_sets = child(root, "ImageSets")
+    main = child(image_sets, "Main") if image_sets else None
+    by_stem = {p.stem.lower(): p for p in files_in(main, (".txt",))}
+    lists = {}
+    for split, names in VOC_LISTS.items():
+        found = next((by_stem[n] for n in names if n in by_stem), None)
+        if found:
+            lists[split] = found
+    if "train" in lists and "val" not in lists and "test" not in lists:
+        lists = {"all": lists["train"]}  # one list: the images to use, no split
+    if not lists and "default" in by_stem:
+        lists = {"all": by_stem["default"]}
+    return lists
+
+
+def _read_voc_beside(path: Path, problems: Problems) -> RawDetection:
+    """XML beside the images, in `path` or in its split folders."""
+    splits = split_folders(path)
+    folders = {"all": path} if _has_voc_xml(path) or not splits else splits
+    parsed_by_split = {}
+    for split, folder in folders.items():
+        xmls = sorted(files_in(folder, (".xml",)), key=lambda p: natural_key(p.name))
+        parsed_by_split[split] = {
+            x: _parse_voc_xml(x, problems.rel(x), folder) for x in xmls if is_voc_xml(x)
+        }
+    everything = {k: v for parsed in parsed_by_split.values() for k, v in parsed.items()}
+    classes, read = _classes(path, everything, problems)
+    sets = {}
+    for split, parsed in parsed_by_split.items():
+        folder = folders[split]
+        images = [_raw(x, im, objs, classes, folder, problems) for x, (im, objs) in parsed.items()]
+        loose = [p for p in folder.iterdir() if p.is_file() and is_image_file(p)]
+        annotated = {im.path.resolve() for im in images}
+        images += [RawImage(p, p) for p in sorted(loose) if p.resolve() not in annotated]
+        sets[split] = images
+    if "all" in sets:
+        return RawDetection(classes, sets["all"], None, None, read)
+    if "train" not in sets:
+        raise DatasetError(f"{path}: split folders ({', '.join(sets)}) but no train/ folder")
+    return RawDetection(classes, sets["train"], sets.get("test"), sets.get("val"), read)
 
 
 def _parse_voc_xml(xml_path: Path, name: str, image_dir: Path):
@@ -104,7 +196,7 @@ def _parse_voc_xml(xml_path: Path, name: str, image_dir: Path):
     node = tree.getroot()
     file_name = (node.findtext("filename") or "").strip()
     image_path = image_dir / file_name if file_name else None
-    if image_path is None or not image_path.is_file():
+    if image_path is None or not exists_inside(image_path):
         image_path = next(
             (
                 p

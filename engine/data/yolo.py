@@ -1,9 +1,11 @@
-"""YOLO: data.yaml (names, train, val) with images/ and labels/ folders.
+"""YOLO: data.yaml (names, train, val, test) with images/ and labels/ folders.
 
 Label lines are `class cx cy w h`, normalised to 0..1 (a segmentation polygon counts by its
-enclosing box). An image without a label file is a background image. `train` and `val` may be
-folders, .txt lists of images or lists of those; when they are the same, the seeded split
-applies.
+enclosing box). An image without a label file is a background image. `train`, `val` and `test`
+may be folders, .txt lists of images or lists of those (Roboflow writes `../train/images`);
+every one given is kept; when val is the train folder, the seeded split applies. Without a
+data.yaml, Label Studio's YOLO export (`classes.txt`, `images/`, `labels/`) is read with the
+seeded split.
 """
 
 from __future__ import annotations
@@ -15,22 +17,18 @@ import yaml
 from engine.data.detection import RawDetection, RawImage, to_number
 from engine.data.errors import DatasetError, Problems
 from engine.data.images import is_image_file, list_images
+from engine.data.signatures import child, yolo_yamls
+from engine.data_roots import exists_inside
+
+YOLO_CLASS_FILES = ("classes.txt", "obj.names")
 
 
 def find_yolo_yaml(path: Path) -> Path | None:
     if path.is_file():
         return path if path.suffix.lower() in (".yaml", ".yml") else None
-    candidates = [path / n for n in ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")]
-    candidates += sorted(p for p in path.glob("*.y*ml") if p not in candidates)
-    for p in candidates:
-        if p.is_file() and p.suffix.lower() in (".yaml", ".yml"):
-            try:
-                head = p.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                continue
-            if "names" in head:
-                return p
-    return None
+    preferred = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
+    found = sorted(yolo_yamls(path), key=lambda p: (p.name not in preferred, p.name))
+    return found[0] if found else None
 
 
 def _any_yaml(path: Path) -> Path | None:
@@ -43,6 +41,10 @@ def _any_yaml(path: Path) -> Path | None:
 
 def read_yolo(path: Path, problems: Problems, columns: dict | None = None) -> RawDetection:
     yaml_path = find_yolo_yaml(path) or _any_yaml(path)
+    if yaml_path is None and path.is_dir():
+        class_file = next((path / n for n in YOLO_CLASS_FILES if (path / n).is_file()), None)
+        if class_file and child(path, "images"):
+            return _read_yolo_without_yaml(path, class_file, problems)
     if yaml_path is None:
         raise DatasetError(f"{path}: no data.yaml with 'names' (YOLO needs one)")
     root = yaml_path.parent
@@ -71,26 +73,39 @@ def read_yolo(path: Path, problems: Problems, columns: dict | None = None) -> Ra
             base = root  # a path from the machine the export was made on
     if not data.get("train"):
         raise DatasetError(f"{name}: missing 'train' (the training images folder or list)")
-    train_files = _yolo_images(data["train"], base, root, name, "train")
-    test_key = next((k for k in ("val", "test") if data.get(k)), None)
-    test_files = _yolo_images(data[test_key], base, root, name, test_key) if test_key else []
-    if set(test_files) == set(train_files) or not test_files:
-        test_files = []  # train and val the same folder: the data has no split of its own
-    train = [_read_yolo_labels(p, classes, problems) for p in train_files]
-    test = [_read_yolo_labels(p, classes, problems) for p in test_files] or None
-    return RawDetection(classes, train, test)
+    files = {"train": _yolo_images(data["train"], base, root, name, "train")}
+    for key in ("val", "test"):
+        if data.get(key):
+            found = _yolo_images(data[key], base, root, name, key)
+            # val (or test) the train folder: the data has no split of its own
+            if found and set(found) != set(files["train"]) and found not in files.values():
+                files[key] = found
+    parts = {k: [_read_yolo_labels(p, classes, problems) for p in v] for k, v in files.items()}
+    return RawDetection(classes, parts["train"], parts.get("test"), parts.get("val"), [yaml_path])
+
+
+def _read_yolo_without_yaml(path: Path, class_file: Path, problems: Problems) -> RawDetection:
+    """Label Studio's YOLO export: classes.txt (one name a line), images/, labels/."""
+    problems.root = path
+    lines = class_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    classes = [line.strip() for line in lines if line.strip()]
+    if not classes:
+        raise DatasetError(f"{class_file.name}: no class names (one a line)")
+    images = list_images(child(path, "images"))
+    train = [_read_yolo_labels(p, classes, problems, class_file.name) for p in images]
+    return RawDetection(classes, train, None, None, [class_file])
 
 
 def _resolve_yolo_path(entry: str, base: Path, root: Path) -> Path | None:
     p = Path(entry)
     if p.is_absolute():
-        return p if p.exists() else None
+        return p if exists_inside(p) else None
     candidates = [base / p, root / p]
     stripped = entry
     while stripped.startswith("../"):  # Roboflow writes ../train/images next to data.yaml
         stripped = stripped[3:]
         candidates.append(root / stripped)
-    return next((c for c in candidates if c.exists()), None)
+    return next((c for c in candidates if exists_inside(c)), None)
 
 
 def _yolo_images(entry, base: Path, root: Path, name: str, key: str) -> list[Path]:
@@ -125,16 +140,18 @@ def yolo_label_path(image: Path) -> Path:
     """images/train/a.jpg → labels/train/a.txt (the last `images` folder becomes `labels`)."""
     parts = list(image.parts)
     for i in range(len(parts) - 2, -1, -1):
-        if parts[i] == "images":
-            parts[i] = "labels"
+        if parts[i].lower() == "images":
+            parts[i] = "Labels" if parts[i] == "Images" else "labels"
             return Path(*parts).with_suffix(".txt")
     return image.with_suffix(".txt")
 
 
-def _read_yolo_labels(image: Path, classes: list[str], problems: Problems) -> RawImage:
+def _read_yolo_labels(
+    image: Path, classes: list[str], problems: Problems, names_from: str = "the data.yaml"
+) -> RawImage:
     label_path = yolo_label_path(image)
     raw = RawImage(image, label_path, normalized=True)
-    if not label_path.is_file():
+    if not (exists_inside(label_path) and label_path.is_file()):
         return raw  # YOLO's convention: no label file, no objects
     name = problems.rel(label_path)
     for line_no, line in enumerate(label_path.read_text().splitlines(), 1):
@@ -153,7 +170,7 @@ def _read_yolo_labels(image: Path, classes: list[str], problems: Problems) -> Ra
             raise DatasetError(f"{where}: class {tokens[0]!r} is not a class number") from None
         if not 0 <= cls < len(classes):
             raise DatasetError(
-                f"{where}: class {cls} is not in names (0..{len(classes) - 1} in the data.yaml)"
+                f"{where}: class {cls} is not in names (0..{len(classes) - 1} in {names_from})"
             )
         values = [to_number(t, where) for t in tokens[1:]]
         if len(values) == 4:
