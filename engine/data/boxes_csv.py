@@ -81,45 +81,28 @@ def read_detection_csv(path: Path, problems: Problems, columns: dict | None = No
         else:
             ann_col = find_annotation_column(header, rows, name, columns.get("annotations"))
         split_col = find_split_column(header) if file_split == "all" else None
+        # A bad row (or box in a row) is listed as blocking and skipped; the next is read.
         for line, row in rows:
             where = f"{name} line {line}"
-            image_path = resolve_image(csv_path, row.get(path_col, ""), where)
-            split = file_split
-            if split == "all":
-                split = split_value(row.get(split_col, ""), where) if split_col else "train"
-            image = parts[split].setdefault(image_path, RawImage(image_path, csv_path))
-            if per_box:
-                box = _row_box(row, corners, where)
-                if box is not None:
-                    category = (row.get(ann_col) or "").strip()
-                    if not category:
-                        raise DatasetError(f"{where}: empty class in column {ann_col!r}")
-                    pending.append((image, category, box, f"line {line}"))
-                continue
-            text = (row.get(ann_col) or "").strip()
-            if not text:
-                continue
-            try:
-                entries = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(
-                    f"{where}: column {ann_col!r} is not valid JSON ({exc.msg} at character {exc.pos})"
-                ) from None
-            if not isinstance(entries, list):
-                raise DatasetError(f"{where}: column {ann_col!r} must be a JSON list of boxes")
-            for i, obj in enumerate(entries, 1):
-                entry = f"line {line} entry {i}"
-                at = f"{name} {entry}"
-                if not isinstance(obj, dict):
-                    raise DatasetError(f"{at}: expected an object with 'bbox' and 'category'")
-                category = next((obj[k] for k in ("category", "label", "class") if k in obj), None)
-                if category is None or str(category).strip() == "":
-                    raise DatasetError(f"{at}: missing 'category'")
-                bbox = obj.get("bbox")
-                if not isinstance(bbox, list) or len(bbox) != 4:
-                    raise DatasetError(f"{at}: bbox must be [x, y, width, height], got {bbox!r}")
-                x, y, w, h = (to_number(v, f"{at}: bbox") for v in bbox)
-                pending.append((image, str(category).strip(), [x, y, x + w, y + h], entry))
+            with problems.entry(csv_path):
+                image_path = resolve_image(csv_path, row.get(path_col, ""), where)
+                split = file_split
+                if split == "all":
+                    split = split_value(row.get(split_col, ""), where) if split_col else "train"
+                image = parts[split].setdefault(image_path, RawImage(image_path, csv_path))
+                if per_box:
+                    box = _row_box(row, corners, where)
+                    if box is not None:
+                        category = (row.get(ann_col) or "").strip()
+                        if not category:
+                            raise DatasetError(f"{where}: empty class in column {ann_col!r}")
+                        pending.append((image, category, box, f"line {line}"))
+                    continue
+                for i, obj in enumerate(_row_entries(row, ann_col, where), 1):
+                    with problems.entry(csv_path):
+                        entry = f"line {line} entry {i}"
+                        category, box = _entry_box(obj, f"{name} {entry}")
+                        pending.append((image, category, box, entry))
     classes = sorted({p[1] for p in pending}, key=natural_key)
     for image, category, box, entry in pending:
         image.boxes.append(box)
@@ -129,6 +112,36 @@ def read_detection_csv(path: Path, problems: Problems, columns: dict | None = No
     if not train:
         raise DatasetError(f"{path.name}: no rows (or no training rows)")
     return RawDetection(classes, train, test, val, list(files.values()))
+
+
+def _row_entries(row: dict, ann_col: str, where: str) -> list:
+    """The JSON list of boxes in a row's annotations cell ([] when empty)."""
+    text = (row.get(ann_col) or "").strip()
+    if not text:
+        return []
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(
+            f"{where}: column {ann_col!r} is not valid JSON ({exc.msg} at character {exc.pos})"
+        ) from None
+    if not isinstance(entries, list):
+        raise DatasetError(f"{where}: column {ann_col!r} must be a JSON list of boxes")
+    return entries
+
+
+def _entry_box(obj, at: str) -> tuple[str, list[float]]:
+    """(category, [x1, y1, x2, y2]) of one {"bbox", "category"} entry; DatasetError naming it."""
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{at}: expected an object with 'bbox' and 'category'")
+    category = next((obj[k] for k in ("category", "label", "class") if k in obj), None)
+    if category is None or str(category).strip() == "":
+        raise DatasetError(f"{at}: missing 'category'")
+    bbox = obj.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise DatasetError(f"{at}: bbox must be [x, y, width, height], got {bbox!r}")
+    x, y, w, h = (to_number(v, f"{at}: bbox") for v in bbox)
+    return str(category).strip(), [x, y, x + w, y + h]
 
 
 def _row_box(row: dict, corners: list[str], where: str) -> list[float] | None:

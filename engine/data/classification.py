@@ -8,8 +8,9 @@ outside the class folders are listed as ignored by the loader.
 CSV: an image path column and a label column, found by their usual names, by their content (the
 one column of image file names; the one column left for the label) or named with
 `columns={"path": ..., "label": ...}`; paths are relative to the CSV's folder. An image the CSV
-names that does not exist is a DatasetError naming the line; a file that exists but cannot be
-decoded is skipped and listed in problems, like in an image folder.
+names that does not exist (or an empty label, an unknown split) is a blocking problem naming the
+line, and every such row is listed; a file that exists but cannot be decoded is skipped and
+listed in problems, like in an image folder.
 """
 
 from __future__ import annotations
@@ -116,14 +117,15 @@ def read_classification_csv(
         )
         for line, row in rows:
             where = f"{name} line {line}"
-            label = (row.get(label_col) or "").strip()
-            if not label:
-                raise DatasetError(f"{where}: empty label in column {label_col!r}")
-            image = resolve_image(csv_path, row.get(path_col, ""), where)
-            split = file_split
-            if split == "all":
-                split = split_value(row.get(split_col, ""), where) if split_col else "train"
-            parts[split].append((image, label))
+            with problems.entry(csv_path):  # a bad row is listed and skipped; the next is read
+                label = (row.get(label_col) or "").strip()
+                if not label:
+                    raise DatasetError(f"{where}: empty label in column {label_col!r}")
+                image = resolve_image(csv_path, row.get(path_col, ""), where)
+                split = file_split
+                if split == "all":
+                    split = split_value(row.get(split_col, ""), where) if split_col else "train"
+                parts[split].append((image, label))
     classes = sorted({label for part in parts.values() for _, label in part}, key=natural_key)
     index = {c: i for i, c in enumerate(classes)}
     train = [(p, index[label]) for p, label in parts["train"]]

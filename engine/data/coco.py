@@ -97,68 +97,92 @@ def read_coco(path: Path, problems: Problems, columns: dict | None = None) -> Ra
 
     # Classes in the order of the first file's category ids; a later file may add names.
     classes: list[str] = []
-    for _, name, data in parsed.values():
+    categories = {}  # per file: its well-formed categories entries
+    for split, (json_path, name, data) in parsed.items():
         cats = []
         for i, cat in enumerate(data["categories"]):
             if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-                raise DatasetError(f"{name}: categories entry {i}: needs 'id' and 'name'")
+                problems.block(json_path, f"{name}: categories entry {i}: needs 'id' and 'name'")
+                continue
             cats.append(cat)
+        categories[split] = cats
         for cat in sorted(cats, key=lambda c: natural_key(str(c["id"]))):
             if str(cat["name"]) not in classes:
                 classes.append(str(cat["name"]))
 
     out: dict[str, list[RawImage]] = {}
     for split, (json_path, name, data) in parsed.items():
-        out[split] = _read_coco_file(json_path, name, data, root, classes, problems)
+        labels = {c["id"]: classes.index(str(c["name"])) for c in categories[split]}
+        out[split] = _read_coco_file(json_path, name, data, root, labels, problems)
     read = list(files.values())
     if "all" in out:
         return RawDetection(classes, out["all"], None, None, read)
     return RawDetection(classes, out["train"], out.get("test"), out.get("val"), read)
 
 
-def _read_coco_file(json_path, name, data, root, classes, problems) -> list[RawImage]:
-    category_label = {c["id"]: classes.index(str(c["name"])) for c in data["categories"]}
+def _read_coco_file(json_path, name, data, root, category_label, problems) -> list[RawImage]:
+    """The images of one COCO file with their boxes. A bad entry (an image entry or file that
+    is missing, an annotation with an unknown image or category or a malformed bbox) is listed
+    as a blocking problem and skipped, so every one is listed; annotations of an image entry
+    that was skipped are left out without a problem of their own."""
     bases = _image_bases(json_path, root)
     images: dict = {}
+    skipped = set()  # ids of image entries listed as problems
     last_base = bases[0] if bases else json_path.parent
     for i, entry in enumerate(data["images"]):
         if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
-            raise DatasetError(f"{name}: images entry {i}: needs 'id' and 'file_name'")
+            if isinstance(entry, dict) and "id" in entry:
+                skipped.add(entry["id"])
+            problems.block(json_path, f"{name}: images entry {i}: needs 'id' and 'file_name'")
+            continue
         file_name = str(entry["file_name"]).replace("\\", "/")  # exports made on Windows
         # Most files share one folder: try the last one that worked before searching.
         base = next((b for b in [last_base, *bases] if exists_inside(b / file_name)), None)
         if base is None:
             looked = ", ".join(problems.rel(b) + "/" for b in bases[:4])
-            raise DatasetError(
-                f"{name}: image id {entry['id']}: file {file_name!r} not found (looked in {looked})"
+            skipped.add(entry["id"])
+            problems.block(
+                json_path,
+                f"{name}: image id {entry['id']}: file {file_name!r} not found (looked in {looked})",
+                "missing_image",
             )
+            continue
         last_base = base
         images[entry["id"]] = RawImage(base / file_name, json_path)
     crowd = 0
     for i, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict):
-            raise DatasetError(f"{name}: annotations entry {i}: expected an object")
-        entry = f"annotation id {ann['id']}" if "id" in ann else f"annotations entry {i}"
-        where = f"{name}: {entry}"
-        if ann.get("image_id") not in images:
-            raise DatasetError(f"{where}: image_id {ann.get('image_id')!r} is not in images")
-        if ann.get("category_id") not in category_label:
-            valid = ", ".join(str(k) for k in category_label)
-            raise DatasetError(
-                f"{where}: category_id {ann.get('category_id')!r} is not in categories ({valid})"
-            )
-        if ann.get("iscrowd"):
-            crowd += 1  # crowd regions mark many objects at once; torchvision's recipe skips them
-            continue
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-            raise DatasetError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
-        x, y, w, h = (to_number(v, f"{where}: bbox") for v in bbox)
-        image = images[ann["image_id"]]
-        image.boxes.append([x, y, x + w, y + h])
-        image.labels.append(category_label[ann["category_id"]])
-        image.entries.append(entry)
+        with problems.entry(json_path):
+            crowd += _read_annotation(i, ann, name, images, skipped, category_label)
     if crowd:
         problems.add(json_path, f"{crowd} crowd annotation(s) (iscrowd=1) left out")
         problems.count("crowd_annotations", crowd)
     return list(images.values())
+
+
+def _read_annotation(i, ann, name, images, skipped, category_label) -> int:
+    """Add one annotation's box to its image; 1 for a crowd annotation (left out), else 0.
+    DatasetError naming the file and the annotation when it is malformed."""
+    if not isinstance(ann, dict):
+        raise DatasetError(f"{name}: annotations entry {i}: expected an object")
+    entry = f"annotation id {ann['id']}" if "id" in ann else f"annotations entry {i}"
+    where = f"{name}: {entry}"
+    if ann.get("image_id") in skipped:
+        return 0  # its image entry is listed as a problem already
+    if ann.get("image_id") not in images:
+        raise DatasetError(f"{where}: image_id {ann.get('image_id')!r} is not in images")
+    if ann.get("category_id") not in category_label:
+        valid = ", ".join(str(k) for k in category_label)
+        raise DatasetError(
+            f"{where}: category_id {ann.get('category_id')!r} is not in categories ({valid})"
+        )
+    if ann.get("iscrowd"):
+        return 1  # crowd regions mark many objects at once; torchvision's recipe skips them
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+        raise DatasetError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
+    x, y, w, h = (to_number(v, f"{where}: bbox") for v in bbox)
+    image = images[ann["image_id"]]
+    image.boxes.append([x, y, x + w, y + h])
+    image.labels.append(category_label[ann["category_id"]])
+    image.entries.append(entry)
+    return 0

@@ -11,11 +11,14 @@ makes them uniform:
 - classes no box uses (COCO's unused super-category, YOLO's 80 names of which 3 are used) are
   left out and listed in problems, so the model does not get outputs it can never learn.
 
-Errors that stop the run (DatasetError, naming the file and the entry): malformed JSON, XML,
-YAML or label lines, an unknown category, an annotation pointing at a missing image, and an
-image file the annotations name that does not exist. A missing image is an error, not a
-skipped problem, because it nearly always means the images folder is not where the
-annotations expect it, and training on the few that happen to match would hide that.
+Errors that stop the run name the file and the entry. Those about the dataset as a whole (no
+annotation file, a top-level JSON or YAML that cannot be read) raise DatasetError at once; those
+about one entry (a malformed XML file, box or label line, an unknown category, an annotation
+pointing at a missing image entry, an image file the annotations name that does not exist) are
+blocking problems (`Problems.entry`): the entry is left out and reading goes on, so the data
+check lists every one and a run is refused with all of them. A missing image blocks rather than
+being skipped because it nearly always means the images folder is not where the annotations
+expect it, and training on the few that happen to match would hide that.
 """
 
 from __future__ import annotations

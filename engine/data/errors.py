@@ -6,10 +6,14 @@ a problem (an unreadable image, a clipped box) is counted, listed and the run go
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Beyond this many, problems are only counted: a list of 100 000 clipped boxes helps nobody.
 MAX_PROBLEMS = 500
+# Blocking problems named in one error message (all of them are in the data check's list).
+MAX_LISTED = 50
 # What a problem means for a run: blocking ones stop it before it is queued, warnings are
 # worth a look (the run goes on without the file or box), info says what was left aside.
 BLOCKING, WARNING, INFO = "blocking", "warning", "info"
@@ -17,7 +21,14 @@ SEVERITIES = (BLOCKING, WARNING, INFO)
 
 
 class DatasetError(ValueError):
-    """The dataset cannot be used as it is; the message says which file and entry, and why."""
+    """The dataset cannot be used as it is; the message says which file and entry, and why.
+
+    `problems`: every blocking problem found before it was raised (the data check lists each).
+    """
+
+    def __init__(self, message: str, problems: list[dict[str, str]] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
 
 
 class ImageError(DatasetError):
@@ -59,15 +70,30 @@ class Problems:
     def block(self, file: str | Path, message: str, kind: str = "dataset") -> None:
         self.add(file, message, kind, BLOCKING)
 
+    def extend(self, items: list[dict[str, str]]) -> None:
+        """Problems listed by another reading of the dataset (paths already relative)."""
+        self.total += len(items)
+        self.items += [dict(p) for p in items]
+
+    @contextmanager
+    def entry(self, file: str | Path, kind: str = "bad_annotation") -> Iterator[None]:
+        """Read one entry (an annotation, a label line, a CSV row) of `file`: a DatasetError
+        inside is listed as a blocking problem and the rest of the block is skipped, so the
+        reader goes on to the next entry and every bad one is listed, not only the first."""
+        try:
+            yield
+        except DatasetError as exc:
+            self.block(file, str(exc), kind)
+
     @property
     def blocking(self) -> list[dict[str, str]]:
         return [p for p in self.items if p["severity"] == BLOCKING]
 
     def raise_blocking(self) -> None:
-        """DatasetError with the first blocking problem's message (and how many more)."""
+        """DatasetError naming every blocking problem (see blocking_message)."""
         message = blocking_message(self.blocking)
         if message:
-            raise DatasetError(message)
+            raise DatasetError(message, self.blocking)
 
     def as_list(self) -> list[dict[str, str]]:
         if self.total > len(self.items):
@@ -83,12 +109,20 @@ class Problems:
 
 
 def blocking_message(blocking: list[dict[str, str]]) -> str | None:
-    """One message for a list of blocking problems: the first, and how many more."""
+    """One message for a list of blocking problems: the first, then the others one a line
+    (up to MAX_LISTED: a file with 10 000 bad boxes makes a message nobody reads)."""
     if not blocking:
         return None
     more = len(blocking) - 1
-    extra = f" (and {more} more blocking problem(s): see `visionboard datasets inspect`)"
-    return blocking[0]["message"] + (extra if more else "")
+    if not more:
+        return blocking[0]["message"]
+    lines = [f"{blocking[0]['message']} (and {more} more blocking problem(s)):"]
+    lines += [f"- {p['message']}" for p in blocking[1:MAX_LISTED]]
+    if len(blocking) > MAX_LISTED:
+        lines.append(
+            f"- ... and {len(blocking) - MAX_LISTED} more: see `visionboard datasets inspect`"
+        )
+    return "\n".join(lines)
 
 
 def relative(path: str | Path, root: Path) -> str:

@@ -56,7 +56,10 @@ def inspect_dataset(
             report["task"] = detect_task(root, report["format"])
         splits = load_splits(root, report["task"], report["format"], test_ratio, seed, strict=False)
     except DatasetError as exc:
-        problems.block("", str(exc))
+        if exc.problems:  # the bad entries read before a dataset-wide error, and that error
+            problems.extend(exc.problems)
+        else:
+            problems.block("", str(exc))
         if deep:
             check_loose_files(root, problems)
         return _finish(report, problems.as_list())

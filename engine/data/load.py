@@ -34,16 +34,24 @@ def load_splits(
     {"path": ..., "label": ...} (classification) or {"path": ..., "annotations": ...}.
     Raises DatasetError with a message naming the file and entry; unreadable images are
     skipped and listed in `problems`. With strict=False, problems that would stop a run but
-    leave the files readable (an empty class, a single class) are listed as blocking problems
-    instead of raised, so the data check can show all of them at once.
+    leave the rest readable (an empty class, a single class, a malformed box or label line, an
+    annotation naming a missing image) are listed as blocking problems instead of raised, so
+    the data check can show all of them at once; with strict=True the error names them all.
     """
     path = confine_dataset(path)
     fmt, path = detect_layout(path, task, fmt)  # path: the folder inside a download's wrapper
     reader = get_reader(task, fmt)
     problems = Problems(path)
-    raw = reader(path, problems, columns)
-    arrange_splits(raw, problems)
-    check_inside_roots(raw, problems)
+    try:
+        raw = reader(path, problems, columns)
+        arrange_splits(raw, problems)
+        check_inside_roots(raw, problems)
+    except DatasetError as exc:
+        if not problems.blocking:
+            raise
+        # The bad entries read before it stay listed with it: none hides another.
+        problems.block("", str(exc))
+        problems.raise_blocking()
     if task == "classification":
         splits = _finish_classification(raw, problems, test_ratio, seed)
     else:

@@ -64,27 +64,43 @@ def _read_class_file(path: Path) -> tuple[list[str] | None, Path | None]:
 
 
 def _classes(path, parsed, problems) -> tuple[list[str], list[Path]]:
-    """The class list (a class file's, checked against the objects, or the objects' names)."""
+    """The class list (a class file's, checked against the objects, or the objects' names).
+    An object of a class the class file does not name is listed as blocking and left out."""
     fixed, class_file = _read_class_file(path)
     if fixed is None:
-        names = {obj[0] for _, objects in parsed.values() for obj in objects}
+        names = {obj[0] for _, objects in parsed.values() for obj in objects or ()}
         return sorted(names, key=natural_key), []
     for xml_path, (_, objects) in parsed.items():
-        for name, _, entry in objects:
+        if objects is None:
+            continue
+        for obj in list(objects):
+            name, _, entry = obj
             if name not in fixed:
-                raise DatasetError(
+                problems.block(
+                    xml_path,
                     f"{problems.rel(xml_path)}: {entry}: class {name!r} is not in "
-                    f"{class_file.name} ({', '.join(fixed)})"
+                    f"{class_file.name} ({', '.join(fixed)})",
+                    "bad_annotation",
                 )
+                objects.remove(obj)
     return fixed, [class_file]
 
 
-def _raw(xml_path: Path, image_path, objects, classes, image_dir: Path, problems) -> RawImage:
+def _raw(
+    xml_path: Path, image_path, objects, classes, image_dir: Path, problems
+) -> RawImage | None:
+    """The image an XML file describes; None (listed as blocking) when its image is missing,
+    or when the file itself was malformed (listed when it was parsed)."""
+    if objects is None:
+        return None
     if image_path is None:
-        raise DatasetError(
+        problems.block(
+            xml_path,
             f"{problems.rel(xml_path)}: image not found in {problems.rel(image_dir)}/ "
-            "(looked for its <filename> and for the same name with an image extension)"
+            "(looked for its <filename> and for the same name with an image extension)",
+            "missing_image",
         )
+        return None
     image = RawImage(image_path, xml_path)
     for name, box, entry in objects:
         image.boxes.append(box)
@@ -98,36 +114,43 @@ def _read_voc_folders(path: Path, ann_dir: Path, problems: Problems) -> RawDetec
     if image_dir is None:
         raise DatasetError(f"{path}: no JPEGImages/ folder next to {ann_dir.name}/")
     parsed = {
-        xml_path: _parse_voc_xml(xml_path, problems.rel(xml_path), image_dir)
+        xml_path: _parse_voc_xml(xml_path, image_dir, problems)
         for xml_path in sorted(files_in(ann_dir, (".xml",)), key=lambda p: natural_key(p.name))
     }
     classes, read = _classes(path, parsed, problems)
     by_stem = {xml_path.stem: xml_path for xml_path in parsed}
 
-    def raw(xml_path: Path) -> RawImage:
-        image_path, objects = parsed[xml_path]
-        return _raw(xml_path, image_path, objects, classes, image_dir, problems)
+    def raws(xml_paths) -> list[RawImage]:
+        found = [_raw(x, *parsed[x], classes, image_dir, problems) for x in xml_paths]
+        return [image for image in found if image is not None]
 
     lists = _voc_split_files(path)
     if "train" in lists:
         sets = {}
         for split, list_path in lists.items():
-            sets[split] = [raw(by_stem[stem]) for stem in _read_list(list_path, by_stem, problems)]
+            sets[split] = raws(by_stem[stem] for stem in _read_list(list_path, by_stem, problems))
         read += list(lists.values())
         return RawDetection(classes, sets["train"], sets.get("test"), sets.get("val"), read)
     if "all" in lists:  # CVAT's default.txt: every image it names, no split
         named = set(_read_list(lists["all"], by_stem, problems))
-        images = [raw(by_stem[stem]) for stem in by_stem if stem in named]
+        images = raws(by_stem[stem] for stem in by_stem if stem in named)
         read.append(lists["all"])
         return RawDetection(classes, images, None, None, read)
-    images = [raw(xml_path) for xml_path in parsed]
-    return RawDetection(classes, images + _background(image_dir, images), None, None, read)
+    images = raws(parsed)
+    background = _background(list_images(image_dir), images, parsed)
+    return RawDetection(classes, images + background, None, None, read)
 
 
-def _background(folder: Path, images: list[RawImage]) -> list[RawImage]:
-    """Images without an XML file: background images, as in YOLO's layout."""
+def _background(candidates: list[Path], images: list[RawImage], parsed: dict) -> list[RawImage]:
+    """Images without an XML file: background images, as in YOLO's layout. The image of a
+    malformed XML file (listed as blocking) is no background image: it is left out."""
     annotated = {im.path.resolve() for im in images}
-    return [RawImage(p, p) for p in list_images(folder) if p.resolve() not in annotated]
+    malformed = {x.stem for x, (_, objects) in parsed.items() if objects is None}
+    return [
+        RawImage(p, p)
+        for p in candidates
+        if p.resolve() not in annotated and p.stem not in malformed
+    ]
 
 
 def _read_list(list_path: Path, by_stem: dict, problems: Problems) -> list[str]:
@@ -137,9 +160,12 @@ def _read_list(list_path: Path, by_stem: dict, problems: Problems) -> list[str]:
         if not stem:
             continue
         if stem not in by_stem:
-            raise DatasetError(
-                f"{problems.rel(list_path)} line {line_no}: no annotation file {stem}.xml"
+            problems.block(
+                list_path,
+                f"{problems.rel(list_path)} line {line_no}: no annotation file {stem}.xml",
+                "bad_annotation",
             )
+            continue
         stems.append(stem)
     return stems
 
@@ -169,7 +195,7 @@ def _read_voc_beside(path: Path, problems: Problems) -> RawDetection:
     for split, folder in folders.items():
         xmls = sorted(files_in(folder, (".xml",)), key=lambda p: natural_key(p.name))
         parsed_by_split[split] = {
-            x: _parse_voc_xml(x, problems.rel(x), folder) for x in xmls if is_voc_xml(x)
+            x: _parse_voc_xml(x, folder, problems) for x in xmls if is_voc_xml(x)
         }
     everything = {k: v for parsed in parsed_by_split.values() for k, v in parsed.items()}
     classes, read = _classes(path, everything, problems)
@@ -177,9 +203,9 @@ def _read_voc_beside(path: Path, problems: Problems) -> RawDetection:
     for split, parsed in parsed_by_split.items():
         folder = folders[split]
         images = [_raw(x, im, objs, classes, folder, problems) for x, (im, objs) in parsed.items()]
+        images = [image for image in images if image is not None]
         loose = [p for p in folder.iterdir() if p.is_file() and is_image_file(p)]
-        annotated = {im.path.resolve() for im in images}
-        images += [RawImage(p, p) for p in sorted(loose) if p.resolve() not in annotated]
+        images += _background(sorted(loose), images, parsed)
         sets[split] = images
     if "all" in sets:
         return RawDetection(classes, sets["all"], None, None, read)
@@ -188,11 +214,15 @@ def _read_voc_beside(path: Path, problems: Problems) -> RawDetection:
     return RawDetection(classes, sets["train"], sets.get("test"), sets.get("val"), read)
 
 
-def _parse_voc_xml(xml_path: Path, name: str, image_dir: Path):
+def _parse_voc_xml(xml_path: Path, image_dir: Path, problems: Problems):
+    """(image path or None, [(class name, box, entry)]); objects None for a malformed file.
+    A malformed file or object is listed as blocking and left out, and reading goes on."""
+    name = problems.rel(xml_path)
     try:
         tree = ET.parse(xml_path)
     except ET.ParseError as exc:
-        raise DatasetError(f"{name}: malformed XML ({exc})") from None
+        problems.block(xml_path, f"{name}: malformed XML ({exc})", "bad_annotation")
+        return None, None
     node = tree.getroot()
     file_name = (node.findtext("filename") or "").strip()
     image_path = image_dir / file_name if file_name else None
@@ -207,18 +237,24 @@ def _parse_voc_xml(xml_path: Path, name: str, image_dir: Path):
         )
     objects = []
     for i, obj in enumerate(node.findall("object"), 1):
-        entry = f"object {i}"
-        label = (obj.findtext("name") or "").strip()
-        if not label:
-            raise DatasetError(f"{name}: {entry}: missing <name>")
-        box = obj.find("bndbox")
-        if box is None:
-            raise DatasetError(f"{name}: {entry} ({label}): missing <bndbox>")
-        coords = []
-        for tag in ("xmin", "ymin", "xmax", "ymax"):
-            text = box.findtext(tag)
-            if text is None:
-                raise DatasetError(f"{name}: {entry} ({label}): missing <{tag}> in <bndbox>")
-            coords.append(to_number(text.strip(), f"{name}: {entry} ({label}): {tag}"))
-        objects.append((label, coords, entry))
+        with problems.entry(xml_path):
+            objects.append(_read_object(obj, f"object {i}", name))
     return image_path, objects
+
+
+def _read_object(obj: ET.Element, entry: str, name: str) -> tuple[str, list[float], str]:
+    """(class name, [xmin, ymin, xmax, ymax], entry) of one <object>; DatasetError naming the
+    file and the object when it is malformed."""
+    label = (obj.findtext("name") or "").strip()
+    if not label:
+        raise DatasetError(f"{name}: {entry}: missing <name>")
+    box = obj.find("bndbox")
+    if box is None:
+        raise DatasetError(f"{name}: {entry} ({label}): missing <bndbox>")
+    coords = []
+    for tag in ("xmin", "ymin", "xmax", "ymax"):
+        text = box.findtext(tag)
+        if text is None:
+            raise DatasetError(f"{name}: {entry} ({label}): missing <{tag}> in <bndbox>")
+        coords.append(to_number(text.strip(), f"{name}: {entry} ({label}): {tag}"))
+    return label, coords, entry

@@ -73,10 +73,10 @@ def read_yolo(path: Path, problems: Problems, columns: dict | None = None) -> Ra
             base = root  # a path from the machine the export was made on
     if not data.get("train"):
         raise DatasetError(f"{name}: missing 'train' (the training images folder or list)")
-    files = {"train": _yolo_images(data["train"], base, root, name, "train")}
+    files = {"train": _yolo_images(data["train"], base, root, name, "train", problems)}
     for key in ("val", "test"):
         if data.get(key):
-            found = _yolo_images(data[key], base, root, name, key)
+            found = _yolo_images(data[key], base, root, name, key, problems)
             # val (or test) the train folder: the data has no split of its own
             if found and set(found) != set(files["train"]) and found not in files.values():
                 files[key] = found
@@ -108,7 +108,11 @@ def _resolve_yolo_path(entry: str, base: Path, root: Path) -> Path | None:
     return next((c for c in candidates if exists_inside(c)), None)
 
 
-def _yolo_images(entry, base: Path, root: Path, name: str, key: str) -> list[Path]:
+def _yolo_images(
+    entry, base: Path, root: Path, name: str, key: str, problems: Problems
+) -> list[Path]:
+    """The images a data.yaml entry names: a folder, an image, a .txt list (a line naming a
+    missing image is listed as blocking and skipped) or a list of those."""
     entries = entry if isinstance(entry, list) else [entry]
     files: list[Path] = []
     for item in entries:
@@ -126,7 +130,12 @@ def _yolo_images(entry, base: Path, root: Path, name: str, key: str) -> list[Pat
                     line, found.parent, root
                 )
                 if image is None:
-                    raise DatasetError(f"{found.name} line {line_no}: image {line!r} not found")
+                    problems.block(
+                        found,
+                        f"{found.name} line {line_no}: image {line!r} not found",
+                        "missing_image",
+                    )
+                    continue
                 files.append(image)
         elif is_image_file(found):
             files.append(found)
@@ -154,32 +163,40 @@ def _read_yolo_labels(
     if not (exists_inside(label_path) and label_path.is_file()):
         return raw  # YOLO's convention: no label file, no objects
     name = problems.rel(label_path)
-    for line_no, line in enumerate(label_path.read_text().splitlines(), 1):
-        tokens = line.split()
-        if not tokens:
+    try:
+        lines = label_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.block(label_path, f"{name}: cannot read ({exc})", "bad_annotation")
+        lines = []
+    for line_no, line in enumerate(lines, 1):
+        if not line.split():
             continue
-        where = f"{name} line {line_no}"
-        if len(tokens) != 5 and (len(tokens) < 7 or len(tokens) % 2 == 0):
-            raise DatasetError(
-                f"{where}: expected 'class cx cy w h' (5 numbers) or a polygon "
-                f"'class x1 y1 x2 y2 ...', got {len(tokens)} values"
-            )
-        try:
-            cls = int(tokens[0])
-        except ValueError:
-            raise DatasetError(f"{where}: class {tokens[0]!r} is not a class number") from None
-        if not 0 <= cls < len(classes):
-            raise DatasetError(
-                f"{where}: class {cls} is not in names (0..{len(classes) - 1} in {names_from})"
-            )
-        values = [to_number(t, where) for t in tokens[1:]]
-        if len(values) == 4:
-            cx, cy, w, h = values
-            box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-        else:  # segmentation polygon: its enclosing box
-            xs, ys = values[0::2], values[1::2]
-            box = [min(xs), min(ys), max(xs), max(ys)]
-        raw.boxes.append(box)
-        raw.labels.append(cls)
-        raw.entries.append(f"line {line_no}")
+        with problems.entry(label_path):  # a bad line is listed and skipped, the next read
+            cls, box = _read_label_line(line.split(), f"{name} line {line_no}", classes, names_from)
+            raw.boxes.append(box)
+            raw.labels.append(cls)
+            raw.entries.append(f"line {line_no}")
     return raw
+
+
+def _read_label_line(tokens, where: str, classes, names_from: str) -> tuple[int, list[float]]:
+    """(class, [x1, y1, x2, y2] in 0..1) of one label line; DatasetError naming the line."""
+    if len(tokens) != 5 and (len(tokens) < 7 or len(tokens) % 2 == 0):
+        raise DatasetError(
+            f"{where}: expected 'class cx cy w h' (5 numbers) or a polygon "
+            f"'class x1 y1 x2 y2 ...', got {len(tokens)} values"
+        )
+    try:
+        cls = int(tokens[0])
+    except ValueError:
+        raise DatasetError(f"{where}: class {tokens[0]!r} is not a class number") from None
+    if not 0 <= cls < len(classes):
+        raise DatasetError(
+            f"{where}: class {cls} is not in names (0..{len(classes) - 1} in {names_from})"
+        )
+    values = [to_number(t, where) for t in tokens[1:]]
+    if len(values) == 4:
+        cx, cy, w, h = values
+        return cls, [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+    xs, ys = values[0::2], values[1::2]  # segmentation polygon: its enclosing box
+    return cls, [min(xs), min(ys), max(xs), max(ys)]
