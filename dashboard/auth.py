@@ -3,14 +3,17 @@
 Three ways in, decided once per run by current_user():
 - the team's identity provider (OIDC) through st.login, where .streamlit/secrets.toml has an
   [auth] section: Streamlit keeps that identity in its own cookie (st.user); the account is
-  added on first sign-in with the role `[visionboard] oidc_role` names (viewer by default);
+  added on first sign-in with the role `[visionboard] oidc_role` names (viewer by default),
+  if its email is verified and on the `allowed_domains` / `allowed_emails` lists; with no
+  list it is added disabled, for an admin to enable, unless `auto_approve = true`;
 - a built-in account (`visionboard users add`): the password form opens a session in the
   store and the browser keeps its token in a cookie, so a reload or a new tab is still signed
   in. Streamlit has no way to set a cookie from Python (st.context.cookies is read-only, and
   holds the cookies of the page's first request), so a tiny script on the page writes it;
 - no account at all: the server's single local user, an admin, who may only use it from this
-  machine (`visionboard serve` refuses another address; a remote browser is turned away here
-  too, unless the admin started it with --allow-anyone).
+  machine (`visionboard serve` refuses another address; here, a browser that is not proven
+  to be on this machine, reached directly, is turned away too, unless the admin started it
+  with --allow-anyone).
 
 engine.store decides whose token or password is good; this module only draws and remembers.
 """
@@ -18,6 +21,7 @@ engine.store decides whose token or password is good; this module only draws and
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import json
 import os
 from typing import Any
@@ -63,6 +67,23 @@ def oidc_role() -> str:
     return role
 
 
+def oidc_policy() -> dict[str, Any]:
+    """Who the identity provider may let in: `[visionboard] allowed_domains` and
+    `allowed_emails` (lists), and `auto_approve` (whether new accounts start enabled where no
+    list is configured; otherwise an admin enables each)."""
+    section = secrets_section("visionboard")
+
+    def listed(key: str) -> list[str]:
+        value = section.get(key) or []
+        return [value] if isinstance(value, str) else [str(v) for v in value]
+
+    domains, emails = listed("allowed_domains"), listed("allowed_emails")
+    auto = section.get("auto_approve", False)
+    if not isinstance(auto, bool):  # "false" in quotes must not approve everyone
+        raise ValueError(f"[visionboard] auto_approve = {auto!r}: expected true or false")
+    return {"allowed_domains": domains, "allowed_emails": emails, "auto_approve": auto}
+
+
 def sign_in_configured(db) -> bool:
     """Whether people must sign in: any enabled account, or an identity provider."""
     return store.count_users(db) > 0 or bool(oidc_providers())
@@ -89,14 +110,27 @@ def oidc_user(db) -> dict[str, Any] | None:
     if not info.get("is_logged_in"):
         return None
     email = str(info.get("email") or "").strip().lower()
-    username = email or str(info.get("sub") or "")
     try:
-        user = store.get_or_add_oidc_user(db, username, email=email, role=oidc_role())
-    except ValueError as exc:  # a built-in account's name, or a name the store refuses
+        policy = oidc_policy()
+        store.check_oidc_identity(
+            email, info.get("email_verified"), policy["allowed_domains"], policy["allowed_emails"]
+        )
+        username = store.oidc_username(email, info.get("sub") or "")
+        # An allow-list approves whom it lets in; without one an admin approves each account.
+        approved = policy["auto_approve"] or policy["allowed_domains"] or policy["allowed_emails"]
+        user = store.get_or_add_oidc_user(
+            db, username, email=email, role=oidc_role(), disabled=not approved
+        )
+    except ValueError as exc:  # refused, a built-in account's name, or bad [visionboard] keys
         st.session_state[OIDC_ERROR_KEY] = str(exc)
         return None
     if user["disabled"]:
-        st.session_state[OIDC_ERROR_KEY] = f"the account {username!r} is disabled: ask an admin"
+        # (current_user runs more than once a page, so this cannot tell "just added" apart.)
+        st.session_state[OIDC_ERROR_KEY] = (
+            f"the account {username!r} is disabled until an admin enables it (Admin page, or "
+            f"`visionboard users enable {username}`)"
+            + ("" if approved else "; here every new account waits for that")
+        )
         return None
     return user
 
@@ -127,9 +161,60 @@ def current_user(db) -> dict[str, Any] | None:
     return None
 
 
-def remote_browser() -> bool:
-    """Whether this browser is on another machine (Streamlit says None for localhost)."""
-    return isinstance(st.context.ip_address, str)  # AppTest's stand-in answers with a mock
+LOOPBACK_NAMES = ("localhost",)
+# Headers a reverse proxy adds: behind one, every visitor connects from this machine.
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+
+
+def client_context() -> Any:
+    """This session's browser connection (its TCP peer `remote_ip` and request `headers`), or
+    None when there is none (AppTest, or no runtime). st.context.ip_address cannot be used:
+    it says None both for localhost and for an unknown peer."""
+    from streamlit import runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None or not runtime.exists():
+        return None
+    client = runtime.get_instance().get_client(ctx.session_id)
+    return getattr(client, "client_context", None)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a Host header (name or address, maybe with a port) names this machine."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8501
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:  # localhost:8501
+        host = host.partition(":")[0]
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def not_local_reason(client: Any) -> str | None:
+    """Why a browser connection is not proven to come from this machine directly, or None
+    when it is: a loopback peer, a loopback Host, and no proxy's headers. Fails closed: no
+    connection, no peer address or no Host is a reason."""
+    if client is None:
+        return "the connection is unknown"
+    peer = getattr(client, "remote_ip", None)
+    try:
+        if not peer or not ipaddress.ip_address(peer).is_loopback:
+            return f"the browser connects from {peer or 'an unknown address'}"
+    except ValueError:
+        return f"the browser connects from {peer!r}"
+    headers = {str(k).lower(): str(v) for k, v in (getattr(client, "headers", None) or [])}
+    proxied = sorted(h for h in PROXY_HEADERS if h in headers)
+    if proxied:
+        return f"it came through a proxy ({', '.join(proxied)} headers)"
+    host = headers.get("host", "")
+    if not is_loopback_host(host):
+        return f"it was sent to {host or 'no host'!r}, not localhost"
+    return None
 
 
 # -- drawing ------------------------------------------------------------------------------------
@@ -181,7 +266,11 @@ def sign_in_page(db) -> None:
         )
         submitted = st.form_submit_button("Sign in")
     if submitted:
-        user = store.verify_password(db, name.strip(), password)
+        try:
+            user = store.verify_password(db, name.strip(), password)
+        except store.SignInLocked as exc:
+            st.error(f"Not signed in: {exc}.")
+            return
         if user is None:
             st.error("Wrong user name or password (or the account is disabled).")
             return
@@ -204,10 +293,14 @@ def require_user(db) -> dict[str, Any]:
         sign_in_page(db)
         st.stop()
     if user.get("single_user"):
-        if remote_browser() and os.environ.get(ALLOW_ANYONE_ENV) != "1":
+        reason = (
+            None if os.environ.get(ALLOW_ANYONE_ENV) == "1" else not_local_reason(client_context())
+        )
+        if reason:
             st.error(
-                "This VisionBoard has no accounts, so it serves only the machine it runs on. "
-                "Its admin can add accounts (`visionboard users add NAME`) to let others in."
+                "This VisionBoard has no accounts, so it serves only the machine it runs on, "
+                f"opened at localhost without a proxy; here {reason}. Its admin can add accounts "
+                "(`visionboard users add NAME`) to let others in."
             )
             st.stop()
         st.sidebar.caption(

@@ -199,12 +199,15 @@ def cmd_train(args) -> int:
 
 
 def cli_user() -> dict:
-    """Who acts from the command line: someone with a shell on the server is its admin."""
+    """Who acts from the command line: someone with a shell on the server is its admin. It may
+    name itself (VISIONBOARD_USER, e.g. the person behind a shared login), but anyone can set
+    that, so the audit trail also keeps the OS account it really runs as (os_user)."""
     try:
-        name = os.environ.get("VISIONBOARD_USER") or getpass.getuser()
+        os_user = getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (some containers)
-        name = ""
-    return {"username": name, "role": "admin"}
+        os_user = f"uid {os.getuid()}"
+    return {"username": os.environ.get("VISIONBOARD_USER") or os_user, "role": "admin",
+            "os_user": os_user}  # fmt: skip
 
 
 def follow(db, run_id: int, home: Path) -> int:

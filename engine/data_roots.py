@@ -1,10 +1,12 @@
 """The data roots: the only folders whose files VisionBoard reads for its users.
 
-A dataset path, an image path that a CSV row names and an image picked on the server from the
-Predict page must lie inside one: the data directory (where the sample datasets are) or a
-folder the admin lists in $VISIONBOARD_DATA_ROOTS (several separated by os.pathsep, ":" on
-Linux). The dashboard and the CLI follow the same rule: the admin adds a root, nobody names a
-path around it.
+A dataset path, an image path that a CSV row names, every annotation or metadata file a reader
+opens and an image picked on the server from the Predict page must lie inside one: the datasets
+folder of the data directory (`<home>/datasets`, where the sample datasets and uploads are) or
+a folder the admin lists in $VISIONBOARD_DATA_ROOTS (several separated by os.pathsep, ":" on
+Linux). Not the data directory itself: it holds visionboard.db (password and session hashes)
+and every user's run folders. The dashboard, the CLI and the store follow the same rule: the
+admin adds a root, nobody names a path around it.
 
 Paths are checked once os.path.realpath has resolved them, so a symlink that leads out of a
 root is outside (one inside a root that points inside is fine). Nothing is URL-decoded here:
@@ -18,6 +20,9 @@ import functools
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import IO, Any
+
+from engine.home import home_dir
 
 ENV = "VISIONBOARD_DATA_ROOTS"
 
@@ -26,18 +31,27 @@ class PathRefused(ValueError):
     """A path that is missing or outside the data roots: one message for both."""
 
 
-def data_roots(home: str | Path | None = None) -> tuple[Path, ...]:
-    """The real paths of the roots: the data directory, then each folder of $VISIONBOARD_DATA_ROOTS."""
-    from engine.store import home_dir
+DATASETS = "datasets"
 
-    return _real_roots(str(home_dir(home)), os.environ.get(ENV, ""))
+
+def datasets_dir(home: str | Path | None = None) -> Path:
+    """`<home>/datasets`: the data directory's root, where sample and uploaded datasets live
+    (created, so its real path is known before the first dataset is written)."""
+    folder = home_dir(home) / DATASETS
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def data_roots(home: str | Path | None = None) -> tuple[Path, ...]:
+    """The real paths of the roots: `<home>/datasets`, then each folder of $VISIONBOARD_DATA_ROOTS."""
+    return _real_roots(str(datasets_dir(home)), os.environ.get(ENV, ""))
 
 
 @functools.lru_cache(maxsize=16)
-def _real_roots(home: str, listed: str) -> tuple[Path, ...]:
+def _real_roots(datasets: str, listed: str) -> tuple[Path, ...]:
     # Cached: a CSV of 100 000 rows checks every row against the same few roots.
     roots: list[Path] = []
-    for raw in [home, *listed.split(os.pathsep)]:
+    for raw in [datasets, *listed.split(os.pathsep)]:
         if raw.strip():
             real = Path(os.path.realpath(os.path.expanduser(raw.strip())))
             if real not in roots:
@@ -98,6 +112,19 @@ def confine(
     if real is None or not is_inside(real, roots) or not os.path.exists(real):
         raise PathRefused(refusal(value, roots, what))
     return Path(real)
+
+
+def open_inside(path: str | Path, mode: str = "r", **kwargs: Any) -> IO:
+    """`open(path, mode)` once its real path is known to lie in a root: every reader and
+    sniffer opens a dataset's files through this, so an annotation file, class list or CSV that
+    is a symlink out of the roots is refused (PathRefused, the one message) and never read."""
+    return open(confine(path), mode, **kwargs)  # noqa: SIM115 - the caller closes it
+
+
+def read_text_inside(path: str | Path, encoding: str = "utf-8", errors: str | None = None) -> str:
+    """The text of `path`, read through open_inside."""
+    with open_inside(path, encoding=encoding, errors=errors) as fh:
+        return fh.read()
 
 
 def outside_roots(

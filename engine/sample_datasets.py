@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine import store
+from engine import data_roots, store
 
 CLASSIFICATION_NAME = "digits"
 DETECTION_NAME = "digits-detection"
@@ -180,8 +180,7 @@ def ensure_samples(db, home=None) -> list[str]:
     """Write the sample datasets under <home>/datasets/ (once) and register them."""
     from engine.data import inspect_dataset
 
-    base = store.home_dir(home) / "datasets"
-    base.mkdir(parents=True, exist_ok=True)
+    base = data_roots.datasets_dir(home)  # a data root: the samples are read like any dataset
     names = []
     for name, fmt, task, build in SAMPLES:
         target = base / name

@@ -44,6 +44,7 @@ CLI, a later API) obeys one rule and leaves one trail.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -54,13 +55,14 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from engine import choices, disk, passwords
+from engine import choices, data_roots, disk, passwords
+from engine.home import home_dir
 from engine.run_folder import LOG, RunFolder
 
 DB_NAME = "visionboard.db"
@@ -72,13 +74,6 @@ JSON_COLUMNS = ("config", "summary", "tags")
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def home_dir(home: str | Path | None = None) -> Path:
-    """The data directory: `home`, else $VISIONBOARD_HOME, else ./runs."""
-    path = Path(home or os.environ.get("VISIONBOARD_HOME") or "runs")
-    path.mkdir(parents=True, exist_ok=True)
-    return path.resolve()
 
 
 def run_dir(run_id: int, home: str | Path | None = None) -> Path:
@@ -275,6 +270,8 @@ def create_run(
 def _queue_run(db, config, name, tags, by, action: str, detail: dict[str, Any]) -> int:
     check_permission(by, "queue")
     dataset = str(config.get("dataset", ""))
+    if looks_like_path(dataset) and get_dataset(db, dataset) is None:
+        data_roots.confine(dataset, db.home, what="datasets")  # PathRefused: one message
     if not name:
         name = f"{config.get('model')} on {Path(dataset).name or dataset}"
     row = {
@@ -300,6 +297,15 @@ def _queue_run(db, config, name, tags, by, action: str, detail: dict[str, Any]) 
         run_id = cursor.lastrowid
         _audit(db, by, action, "run", run_id, {"name": name, **detail})
     return run_id
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether a run's dataset value is a path (confined to the data roots when queued) rather
+    than a dataset name. A bare word is a name: the submit makes every path absolute
+    (preflight.resolve_paths), and whatever a name resolves to is confined again when read
+    (engine.data.load_splits)."""
+    separators = [os.sep] + ([os.altsep] if os.altsep else [])
+    return value.startswith(("~", ".")) or any(sep in value for sep in separators)
 
 
 def get_run(db, run_id: int) -> dict[str, Any] | None:
@@ -659,12 +665,16 @@ def _audit(
     db, by: dict[str, Any] | None, action: str, kind: str, target: Any, detail: dict | None = None
 ) -> None:
     """Record who did what to what, inside the transaction of the verb that did it (so the
-    trail holds every change made through the store, and none that was rolled back)."""
+    trail holds every change made through the store, and none that was rolled back). A
+    command-line user names the OS account too ("os_user"): its name may be VISIONBOARD_USER."""
+    detail = dict(detail or {})
+    if (by or {}).get("os_user"):
+        detail["os_user"] = by["os_user"]
     db.conn.execute(
         "insert into audit (at, username, action, target_kind, target_id, detail) "
         "values (?, ?, ?, ?, ?, ?)",
         [now(), (by or {}).get("username") or "", action, kind, str(target),
-         json.dumps(detail or {}, default=str)],
+         json.dumps(detail, default=str)],
     )  # fmt: skip
 
 
@@ -1264,8 +1274,10 @@ def add_user(
     email: str = "",
     *,
     by: dict[str, Any],
+    disabled: bool = False,
 ) -> dict[str, Any]:
-    """Add an account: a built-in one (`local`) needs a password, an `oidc` one has none."""
+    """Add an account: a built-in one (`local`) needs a password, an `oidc` one has none.
+    `disabled`: added, but signs nobody in until an admin enables it."""
     check_permission(by, "manage_users")
     if not USERNAME_PATTERN.fullmatch(username or ""):
         raise UserError(
@@ -1284,10 +1296,11 @@ def add_user(
         with db.conn:
             db.conn.execute(
                 "insert into users (username, role, password_hash, disabled, source, email, "
-                "created_at) values (?, ?, ?, 0, ?, ?, ?)",
-                [username, role, password_hash, source, email or "", now()],
+                "created_at) values (?, ?, ?, ?, ?, ?, ?)",
+                [username, role, password_hash, int(disabled), source, email or "", now()],
             )
-            _audit(db, by, "add_user", "user", username, {"role": role, "source": source})
+            detail = {"role": role, "source": source, **({"disabled": True} if disabled else {})}
+            _audit(db, by, "add_user", "user", username, detail)
     except sqlite3.IntegrityError:
         raise UserError(f"user {username!r} already exists") from None
     return get_user(db, username)
@@ -1367,30 +1380,124 @@ def set_password(db, username: str, password: str, *, by: dict[str, Any]) -> Non
         _audit(db, by, "reset_password", "user", username)
 
 
+# Guessing passwords: after this many wrong ones for a name within LOCK_SECONDS, that name
+# cannot sign in for LOCK_SECONDS (counted from the last wrong one); a right one resets it.
+MAX_SIGN_IN_FAILURES = 5
+LOCK_SECONDS = 15 * 60
+
+
+class SignInLocked(UserError):
+    """Too many wrong passwords for a name lately; the message says when to try again."""
+
+
+def sign_in_locked_until(db, username: str) -> datetime | None:
+    """When `username` may sign in again, or None when it may now. The failures are the audit
+    trail's `sign_in_failed` records since its last `sign_in` (any name counts, existing or
+    not, so the lock tells nobody which names exist)."""
+    last_ok = db.execute(  # by id, not time: a stamp has only whole seconds
+        "select max(id) from audit where target_kind = 'user' and target_id = ? "
+        "and action = 'sign_in'",
+        [username],
+    ).fetchone()[0]
+    stamps = [
+        row[0]
+        for row in db.execute(
+            "select at from audit where target_kind = 'user' and target_id = ? "
+            "and action = 'sign_in_failed' and id > ? order by id desc limit ?",
+            [username, last_ok or 0, MAX_SIGN_IN_FAILURES],
+        )
+    ]
+    if len(stamps) < MAX_SIGN_IN_FAILURES:
+        return None
+    newest, oldest = datetime.fromisoformat(stamps[0]), datetime.fromisoformat(stamps[-1])
+    until = newest + timedelta(seconds=LOCK_SECONDS)
+    if (newest - oldest).total_seconds() > LOCK_SECONDS or datetime.now(UTC) >= until:
+        return None
+    return until
+
+
 def verify_password(db, username: str, password: str) -> dict[str, Any] | None:
     """The user when `password` is theirs and the account may sign in, else None (the same
-    None, in about the same time, for a wrong name, a wrong password or a disabled account)."""
+    None, in about the same time, for a wrong name, a wrong password or a disabled account).
+    Every attempt is audited; SignInLocked while the name is locked out (even for the right
+    password, or guessing would go on)."""
+    until = sign_in_locked_until(db, username)
+    if until:
+        raise SignInLocked(
+            f"too many wrong passwords for {username!r}: try again after "
+            f"{until.strftime('%H:%M:%S')} UTC (about {LOCK_SECONDS // 60} minutes after the "
+            "last attempt)"
+        )
     row = _user_row(db, username)
-    if not passwords.verify_password(row["password_hash"] if row else None, password or ""):
-        return None
-    if row["disabled"] or row["source"] != "local":
-        return None
-    if passwords.needs_rehash(row["password_hash"]):
+    ok = passwords.verify_password(row["password_hash"] if row else None, password or "")
+    if not ok or row["disabled"] or row["source"] != "local":
         with db.conn:
+            _audit(db, None, "sign_in_failed", "user", username)
+        return None
+    with db.conn:
+        if passwords.needs_rehash(row["password_hash"]):
             db.conn.execute(
                 "update users set password_hash = ? where username = ?",
                 [passwords.hash_password(password), username],
             )
+        _audit(db, row, "sign_in", "user", username)
     return _public_user(row)
 
 
-def get_or_add_oidc_user(db, username: str, email: str = "", role: str = "viewer") -> dict:
+def oidc_username(email: str = "", sub: str = "") -> str:
+    """The account name of an identity provider's user: their email, or without one their
+    subject id made a valid name (`google-oauth2|123` -> `google-oauth2-123-<hash>`: the hash
+    of the real id keeps two ids that clean up alike apart)."""
+    email = (email or "").strip().lower()
+    if email:
+        return email
+    sub = str(sub or "").strip()
+    if USERNAME_PATTERN.fullmatch(sub):
+        return sub
+    clean = re.sub(r"[^A-Za-z0-9._@+-]+", "-", sub).lstrip("._@+-")[:100]
+    if not clean:
+        raise UserError(f"the identity provider gave neither an email nor a usable id ({sub!r})")
+    return f"{clean}-{hashlib.sha256(sub.encode()).hexdigest()[:8]}"
+
+
+def check_oidc_identity(
+    email: str,
+    email_verified: Any = None,
+    allowed_domains: Iterable[str] = (),
+    allowed_emails: Iterable[str] = (),
+) -> None:
+    """Refuse an identity provider's user this server does not let in: an email the provider
+    says is unverified (anyone could claim a colleague's address), or, where an allow-list is
+    configured, an email neither listed nor of a listed domain (no email: not allowed)."""
+    email = (email or "").strip().lower()
+    if email_verified is False or str(email_verified).lower() == "false":
+        raise UserError(
+            f"the identity provider has not verified the email {email!r}: verify it there first"
+        )
+    domains = {d.strip().lower().lstrip("@") for d in allowed_domains if d.strip()}
+    emails = {e.strip().lower() for e in allowed_emails if e.strip()}
+    if not domains and not emails:
+        return
+    if email and (email in emails or email.rpartition("@")[2] in domains):
+        return
+    raise UserError(
+        f"{email or 'an account without an email'!r} is not allowed on this VisionBoard (its "
+        "allowed_domains / allowed_emails): ask an admin to add it"
+    )
+
+
+def get_or_add_oidc_user(
+    db, username: str, email: str = "", role: str = "viewer", *, disabled: bool = False
+) -> dict:
     """The account of someone the identity provider signed in, added with `role` the first
-    time. A built-in account of the same name is never taken over."""
+    time (`disabled`: waiting for an admin to enable it). A built-in account of the same name
+    is never taken over."""
     row = _user_row(db, username)
     if row is None:
         try:
-            return add_user(db, username, role, source="oidc", email=email, by=SERVER_USER)
+            return add_user(
+                db, username, role, source="oidc", email=email, by=SERVER_USER, disabled=disabled
+            )
         except UserError:
             row = _existing_user(db, username)  # added meanwhile by another session
     if row["source"] != "oidc":
@@ -1468,6 +1575,8 @@ def register_dataset(
             check_permission(by, "add_dataset")
         else:
             check_permission(by, "edit_dataset", row[0] or "", f"dataset {name!r}")
+        # Here, not only in the forms: a script or a later API calling the store cannot skip it.
+        data_roots.confine(path, db.home, what="datasets")
         db.conn.execute(
             "insert into datasets (name, path, format, task, created_at, info, added_by) "
             "values (?, ?, ?, ?, ?, ?, ?) on conflict (name) do update set path = excluded.path, "

@@ -7,6 +7,7 @@ auth.session_cookie(); tests/test_browser.py drives the real cookie in Chromium.
 """
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -17,6 +18,7 @@ from engine import store
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 ADMIN = {"username": "root", "role": "admin"}
 PASSWORD = "correct horse"
+REAL_CLIENT_CONTEXT = auth.client_context  # tests run as a local browser (conftest.py)
 
 
 @pytest.fixture(autouse=True)
@@ -68,10 +70,61 @@ def test_without_accounts_the_local_user_is_an_admin_and_the_sidebar_says_so(hom
     assert auth.local_user()["role"] == "admin"
 
 
-def test_without_accounts_a_remote_browser_is_turned_away_unless_allowed(home, monkeypatch):
-    monkeypatch.setattr(auth, "remote_browser", lambda: True)
+def browser(ip="127.0.0.1", **headers):
+    """A browser connection as Streamlit's client context holds it."""
+    return SimpleNamespace(
+        remote_ip=ip, headers=[(k.replace("_", "-"), v) for k, v in headers.items()]
+    )
+
+
+@pytest.mark.parametrize(
+    "client",
+    [
+        None,  # no connection at all
+        browser(ip="192.168.1.7", Host="localhost:8501"),
+        browser(ip=None, Host="localhost:8501"),  # e.g. a unix socket: nobody knows who
+        browser(ip="", Host="localhost:8501"),
+        browser(Host="visionboard.example.com"),  # a proxy on this machine, or DNS rebinding
+        browser(Host="10.0.0.5:8501"),
+        browser(),  # no Host at all
+        browser(Host="localhost:8501", X_Forwarded_For="203.0.113.9"),
+        browser(Host="localhost", Forwarded="for=203.0.113.9"),
+        browser(Host="127.0.0.1:8501", x_real_ip="203.0.113.9"),
+    ],
+)
+def test_a_browser_not_proven_local_is_not_local(client):
+    assert auth.not_local_reason(client)
+
+
+@pytest.mark.parametrize(
+    ("ip", "host"),
+    [("127.0.0.1", "localhost:8501"), ("::1", "[::1]:8501"), ("127.0.0.1", "127.0.0.1"),
+     ("::1", "LOCALHOST")],
+)  # fmt: skip
+def test_a_browser_on_this_machine_opened_at_localhost_is_local(ip, host):
+    assert auth.not_local_reason(browser(ip=ip, Host=host)) is None
+
+
+def test_outside_a_streamlit_server_there_is_no_connection_to_trust():
+    assert REAL_CLIENT_CONTEXT() is None
+    assert auth.not_local_reason(REAL_CLIENT_CONTEXT()) == "the connection is unknown"
+
+
+@pytest.mark.parametrize(
+    "client",
+    [
+        None,
+        browser(ip="192.168.1.7", Host="localhost:8501"),
+        browser(Host="localhost:8501", X_Forwarded_For="203.0.113.9"),
+    ],
+)
+def test_without_accounts_a_browser_not_proven_local_is_turned_away_unless_allowed(
+    home, monkeypatch, client
+):
+    monkeypatch.setattr(auth, "client_context", lambda: client)
     at = app().run()
     assert any("serves only the machine it runs on" in e.value for e in at.error)
+    assert any("visionboard users add" in e.value for e in at.error)
     assert not at.title  # no page drawn
     monkeypatch.setenv(auth.ALLOW_ANYONE_ENV, "1")  # `visionboard serve --allow-anyone`
     at = app().run()
@@ -109,6 +162,17 @@ def test_the_right_password_signs_in_and_gives_the_browser_a_session_cookie(home
     assert store.session_user(db, token)["username"] == "ada"
     (script,) = cookie_scripts(at)
     assert f"vb_session={token}; Path=/; Max-Age={store.SESSION_SECONDS}; SameSite=Strict" in script
+
+
+def test_after_five_wrong_passwords_the_name_is_locked_out_for_a_while(home, db, ada):
+    at = app().run()
+    for _ in range(store.MAX_SIGN_IN_FAILURES):
+        at = sign_in(at, "ada", "wrong password")
+        assert any("Wrong user name or password" in e.value for e in at.error)
+    at = sign_in(at, "ada", PASSWORD)  # even the right password, while locked
+    assert signed_out(at)
+    assert any("too many wrong passwords for 'ada': try again after" in e.value for e in at.error)
+    assert db.execute("select count(*) from sessions").fetchone()[0] == 0
 
 
 def test_a_disabled_account_cannot_sign_in(home, db, ada):
@@ -189,19 +253,36 @@ def test_with_only_an_identity_provider_the_sign_in_page_offers_its_button(home)
     assert [b.label for b in at.button] == ["Sign in with google"]
 
 
+APPROVE = {**OIDC, "visionboard": {"auto_approve": True}}
+
+
+def test_without_an_allow_list_a_new_identity_provider_user_waits_for_an_admin(home, db):
+    at = app(user={"is_logged_in": True, "email": "carol@example.com"}, secrets=OIDC).run()
+    assert signed_out(at)
+    assert any(
+        "'carol@example.com' is disabled until an admin enables it" in e.value
+        and "every new account waits for that" in e.value
+        for e in at.error
+    )
+    assert store.get_user(db, "carol@example.com")["disabled"]
+    store.set_user_disabled(db, "carol@example.com", False, by=ADMIN)
+    at = app(user={"is_logged_in": True, "email": "carol@example.com"}, secrets=OIDC).run()
+    assert "Signed in as **carol@example.com** (viewer)" in captions(at)
+
+
 def test_an_identity_provider_user_is_added_as_viewer_on_first_sign_in(home, db):
-    at = app(user={"is_logged_in": True, "email": "Carol@Example.com"}, secrets=OIDC).run()
+    at = app(user={"is_logged_in": True, "email": "Carol@Example.com"}, secrets=APPROVE).run()
     assert not at.exception and at.title[0].value == "Runs"
     assert "Signed in as **carol@example.com** (viewer)" in captions(at)
     user = store.get_user(db, "carol@example.com")
     assert (user["source"], user["role"], user["email"]) == ("oidc", "viewer", "carol@example.com")
     store.set_user_role(db, "carol@example.com", "member", by=ADMIN)
-    at = app(user={"is_logged_in": True, "email": "carol@example.com"}, secrets=OIDC).run()
+    at = app(user={"is_logged_in": True, "email": "carol@example.com"}, secrets=APPROVE).run()
     assert "(member)" in captions(at)  # the admin's change holds at the next sign-in
 
 
 def test_the_role_of_new_identity_provider_users_is_configurable(home, db):
-    secrets = {**OIDC, "visionboard": {"oidc_role": "member"}}
+    secrets = {**OIDC, "visionboard": {"oidc_role": "member", "auto_approve": True}}
     app(user={"is_logged_in": True, "email": "dan@example.com"}, secrets=secrets).run()
     assert store.get_user(db, "dan@example.com")["role"] == "member"
 
@@ -215,3 +296,47 @@ def test_an_identity_provider_user_never_takes_over_a_built_in_account(home, db)
     store.set_user_disabled(db, "fay@example.com", by=ADMIN)
     at = app(user={"is_logged_in": True, "email": "fay@example.com"}, secrets=OIDC).run()
     assert any("is disabled" in e.value for e in at.error)
+
+
+def test_an_unverified_email_signs_nobody_in_not_even_into_an_existing_account(home, db):
+    store.get_or_add_oidc_user(db, "gus@example.com", email="gus@example.com", role="admin")
+    for email in ("gus@example.com", "new@example.com"):
+        user = {"is_logged_in": True, "email": email, "email_verified": False}
+        at = app(user=user, secrets=APPROVE).run()
+        assert signed_out(at)
+        assert any(f"has not verified the email '{email}'" in e.value for e in at.error)
+    assert store.get_user(db, "new@example.com") is None
+    user = {"is_logged_in": True, "email": "gus@example.com", "email_verified": True}
+    assert "Signed in as **gus@example.com** (admin)" in captions(
+        app(user=user, secrets=OIDC).run()
+    )
+
+
+def test_the_allow_lists_let_in_only_their_domains_and_emails(home, db):
+    lists = {"allowed_domains": ["example.com"], "allowed_emails": ["pat@partner.org"]}
+    secrets = {**OIDC, "visionboard": lists}
+    for email in ("ann@example.com", "pat@partner.org"):  # approved by the list: enabled
+        at = app(user={"is_logged_in": True, "email": email}, secrets=secrets).run()
+        assert f"Signed in as **{email}** (viewer)" in captions(at)
+    for email in ("eve@evil.com", "ann@example.com.evil.com", "pat@example.org"):
+        at = app(user={"is_logged_in": True, "email": email}, secrets=secrets).run()
+        assert signed_out(at)
+        assert any(f"'{email}' is not allowed on this VisionBoard" in e.value for e in at.error)
+        assert store.get_user(db, email) is None
+    at = app(user={"is_logged_in": True, "sub": "auth0|42"}, secrets=secrets).run()
+    assert any("without an email" in e.value for e in at.error)  # nothing to check: refused
+
+
+def test_a_user_without_an_email_is_named_after_their_subject_id(home, db):
+    at = app(user={"is_logged_in": True, "sub": "google-oauth2|123"}, secrets=APPROVE).run()
+    name = store.oidc_username("", "google-oauth2|123")
+    assert name.startswith("google-oauth2-123-")
+    assert f"Signed in as **{name}** (viewer)" in captions(at)
+    assert store.get_user(db, name)["source"] == "oidc"
+
+
+def test_a_quoted_auto_approve_is_refused_rather_than_read_as_true(home, db):
+    secrets = {**OIDC, "visionboard": {"auto_approve": "false"}}
+    at = app(user={"is_logged_in": True, "email": "hal@example.com"}, secrets=secrets).run()
+    assert any("auto_approve = 'false': expected true or false" in e.value for e in at.error)
+    assert store.get_user(db, "hal@example.com") is None

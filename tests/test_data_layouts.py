@@ -165,3 +165,13 @@ def test_a_large_json_is_checked_for_the_three_lists_without_parsing(tmp_path, m
     (tmp_path / "ds" / "stats.json").write_text('{"images": [1], "annotations": 3}')
     assert signatures.is_coco_json(tmp_path / "ds" / "result.json")
     assert not signatures.is_coco_json(tmp_path / "ds" / "stats.json")
+
+
+def test_voc_images_in_no_imagesets_list_are_said_to_be_left_out(tmp_path):
+    build_voc_imagesets(tmp_path / "ds")
+    (tmp_path / "ds" / "ImageSets" / "Main" / "test.txt").unlink()  # a list not shipped
+    report = inspect_dataset(tmp_path / "ds", task="detection", deep=False)
+    left_out = [p for p in report["problems"] if p["kind"] == "unlisted_images"]
+    assert [p["severity"] for p in left_out] == ["warning"], report["problems"]
+    assert left_out[0]["message"].startswith("2 annotated image(s) are in no ImageSets list")
+    assert "a split left out" in left_out[0]["message"]

@@ -8,7 +8,15 @@ import os
 from pathlib import Path
 
 import pytest
-from factories import ADMIN, write_digits_imagefolder
+from factories import (
+    ADMIN,
+    build_cvat_coco,
+    build_label_studio_yolo,
+    build_roboflow_yolo,
+    build_voc_imagesets,
+    write_digits_csv,
+    write_digits_imagefolder,
+)
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -46,7 +54,7 @@ def write_image(path: Path) -> Path:
 # -- the roots ---------------------------------------------------------------------------------
 
 
-def test_roots_are_the_data_directory_and_the_listed_folders(tmp_path, home, monkeypatch):
+def test_roots_are_the_datasets_folder_and_the_listed_folders(tmp_path, home, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
@@ -54,18 +62,41 @@ def test_roots_are_the_data_directory_and_the_listed_folders(tmp_path, home, mon
     monkeypatch.setenv(
         data_roots.ENV, os.pathsep.join([str(tmp_path / "link"), str(b), "", str(a)])
     )
-    # Real paths, the data directory first, each once.
-    assert data_roots.data_roots() == (home.resolve(), a.resolve(), b.resolve())
+    # Real paths, the data directory's datasets folder first, each once.
+    datasets = (home / "datasets").resolve()
+    assert data_roots.data_roots() == (datasets, a.resolve(), b.resolve())
     monkeypatch.delenv(data_roots.ENV)
-    assert data_roots.data_roots() == (home.resolve(),)
-    assert data_roots.data_roots(tmp_path / "other") == ((tmp_path / "other").resolve(),)
+    assert data_roots.data_roots() == (datasets,)
+    other = (tmp_path / "other" / "datasets").resolve()
+    assert data_roots.data_roots(tmp_path / "other") == (other,)
+    assert data_roots.datasets_dir(tmp_path / "other").is_dir()
+
+
+def test_the_data_directory_itself_is_no_root(roots, db):
+    """<home> holds visionboard.db (password and session hashes) and every user's run folders:
+    none of it can be registered, browsed or named, only <home>/datasets."""
+    run_folder = roots["home"] / "1"
+    write_image(run_folder / "gradcam.png")
+    db_file = roots["home"] / "visionboard.db"
+    assert db_file.is_file()
+    for path in (roots["home"], run_folder, run_folder / "gradcam.png", db_file):
+        with pytest.raises(data_roots.PathRefused, match="does not exist inside the data roots"):
+            data_roots.confine(path)
+        with pytest.raises(data_roots.PathRefused):
+            store.register_dataset(db, "x", str(path), "csv", "classification", by=ADMIN)
+        assert inspect_dataset(path)["error"].startswith(repr(str(path)))
+    assert store.list_datasets(db) == []
+    samples = data_roots.datasets_dir(roots["home"]) / "digits"
+    samples.mkdir()
+    assert data_roots.confine(samples) == samples.resolve()
 
 
 def test_confine_accepts_what_lies_in_a_root(roots):
     inside = write_image(roots["data"] / "set" / "a.png")
     assert data_roots.confine(inside) == inside.resolve()
     assert data_roots.confine(roots["data"]) == roots["data"].resolve()
-    assert data_roots.confine(roots["home"]) == roots["home"].resolve()
+    datasets = data_roots.datasets_dir(roots["home"])
+    assert data_roots.confine(datasets) == datasets.resolve()
     # `..` that stays inside is fine: only where the path leads counts.
     assert data_roots.confine(roots["data"] / "set" / ".." / "set" / "a.png") == inside.resolve()
 
@@ -159,6 +190,56 @@ def test_a_file_that_is_no_dataset_is_never_quoted(roots):
     assert "no column names: the first row has no , ; or tab" in error
 
 
+# Files of a dataset that are symlinks to a secret outside the roots: each is refused with the
+# one message, and the secret (which each reader would have shown) appears nowhere.
+VOC_SECRET = (
+    "<annotation><filename>img000.jpg</filename><object><name>hunter2</name><bndbox>"
+    "<xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>"
+)
+COCO_SECRET = '{"images": [], "annotations": [], "categories": [{"id": 1, "name": "hunter2"}]}'
+LINKED_FILES = {
+    # case: (builder, the dataset file made a link, the secret it leads to, task)
+    "classes.txt": (build_label_studio_yolo, "classes.txt", "db_password=hunter2\n", "detection"),
+    "data.yaml": (build_roboflow_yolo, "data.yaml", "db_password=hunter2\nnames: [a\n", "detection"),
+    "label file": (build_roboflow_yolo, "train/labels/LABEL", "hunter2 0.5 0.5 0.1 0.1\n", "detection"),
+    "coco json": (build_cvat_coco, "annotations/instances_default.json", COCO_SECRET, "detection"),
+    "voc xml": (build_voc_imagesets, "Annotations/img000.xml", VOC_SECRET, "detection"),
+    "voc list": (build_voc_imagesets, "ImageSets/Main/train.txt", "hunter2\n", "detection"),
+    "csv": (write_digits_csv, "labels.csv", "filename,label\nimages/d000.png,hunter2\n", "classification"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", LINKED_FILES)
+def test_dataset_files_linked_out_of_the_roots_are_never_read(roots, case):
+    build, name, secret_text, task = LINKED_FILES[case]
+    root = roots["data"] / "set"
+    build(root)
+    if name.endswith("LABEL"):
+        name = next((root / Path(name).parent).glob("*.txt")).relative_to(root).as_posix()
+    secret = roots["outside"] / Path(name).name
+    secret.write_text(secret_text)
+    (root / name).unlink()
+    (root / name).symlink_to(secret)
+    fmt = {"csv": "csv", "coco json": "coco", "voc xml": "voc", "voc list": "voc"}.get(case, "yolo")
+    for kwargs in ({}, {"task": task}, {"task": task, "fmt": fmt}):
+        report = inspect_dataset(root, **kwargs)
+        assert "hunter2" not in str(report), (kwargs, report)
+        assert report["error"], kwargs  # a linked file is refused, never skipped in silence
+    refusal = f"{str(root / name)!r} does not exist inside the data roots"
+    assert refusal in inspect_dataset(root, task=task, fmt=fmt)["error"]
+    with pytest.raises(ValueError, match="does not exist inside the data roots") as exc:
+        load_splits(root, task, fmt)
+    assert "hunter2" not in str(exc.value)
+
+
+def test_yaml_errors_say_where_not_what(roots):
+    root = roots["data"] / "set"
+    build_roboflow_yolo(root)
+    (root / "data.yaml").write_text("names: ['0', '1']\ntrain: ../train/images\ntoken: a: b\n")
+    error = inspect_dataset(root, task="detection", fmt="yolo")["error"]
+    assert error == "data.yaml: malformed YAML at line 3 column 9", error
+
+
 def test_a_real_csv_header_is_still_listed(roots):
     csv_file = roots["data"] / "labels.csv"
     csv_file.write_text("picture,kind\nphoto one,cat\n")
@@ -208,10 +289,13 @@ def test_images_that_lead_out_of_the_roots_stop_any_dataset(roots):
     assert str(roots["outside"]) not in error  # where it leads is not told
 
 
-def test_the_pre_queue_check_confines_paths_and_registered_datasets(roots, db):
+def test_the_pre_queue_check_confines_paths_and_registered_datasets(roots, db, monkeypatch):
     inside = write_digits_imagefolder(roots["data"] / "digits", per_class=4, classes=range(2))
     outside = write_digits_imagefolder(roots["outside"] / "digits", per_class=4, classes=range(2))
+    both = os.pathsep.join(str(roots[k]) for k in ("data", "outside"))
+    monkeypatch.setenv(data_roots.ENV, both)  # registered while its folder was a root
     store.register_dataset(db, "moved", str(outside), "imagefolder", "classification", {}, by=ADMIN)
+    monkeypatch.setenv(data_roots.ENV, str(roots["data"]))  # then the admin took that root away
 
     def problem(dataset):
         cfg = RunConfig.from_dict(

@@ -26,7 +26,8 @@ ADA = {"username": "ada", "role": "member"}
 BO = {"username": "bo", "role": "member"}
 VIC = {"username": "vic", "role": "viewer"}
 USERS = {"admin": ROOT, "member": ADA, "viewer": VIC}
-CONFIG = {"task": "classification", "model": "efficientnet_b0", "dataset": "/data/d", "epochs": 2}
+# A bare name: the store confines only dataset values that are paths (store.looks_like_path).
+CONFIG = {"task": "classification", "model": "efficientnet_b0", "dataset": "d", "epochs": 2}
 STATES = (*store.STATUSES, store.ORPHANED)
 # The owner of the run acted on, seen from the acting user.
 OWNERS = ("own", "other", "unowned")
@@ -171,32 +172,40 @@ def test_a_run_belongs_to_who_queued_it_and_a_rerun_to_who_reran_it(db):
 # -- datasets, weights, users ---------------------------------------------------------------
 
 
+def dataset_folder(home, name: str) -> str:
+    """A dataset folder inside the data root <home>/datasets: the store registers no other."""
+    folder = home / "datasets" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
+
+
 @pytest.mark.parametrize("role", list(USERS))
-def test_datasets_are_registered_by_members_and_changed_by_their_owner_or_an_admin(db, role):
+def test_datasets_are_registered_by_members_and_changed_by_their_owner_or_an_admin(db, home, role):
     user = USERS[role]
     add = store.register_dataset
+    m, m2, t, t2, x = (dataset_folder(home, n) for n in ("m", "m2", "t", "t2", "x"))
     if role == "viewer":
         with pytest.raises(store.PermissionDenied, match="may not register datasets"):
-            add(db, "mine", "/data/m", "imagefolder", "classification", by=user)
+            add(db, "mine", m, "imagefolder", "classification", by=user)
         assert store.get_dataset(db, "mine") is None
     else:
-        add(db, "mine", "/data/m", "imagefolder", "classification", by=user)
+        add(db, "mine", m, "imagefolder", "classification", by=user)
         assert store.get_dataset(db, "mine")["added_by"] == user["username"]
-        add(db, "mine", "/data/m2", "imagefolder", "classification", by=user)  # again: its own
-        assert store.get_dataset(db, "mine")["path"] == "/data/m2"
+        add(db, "mine", m2, "imagefolder", "classification", by=user)  # again: its own
+        assert store.get_dataset(db, "mine")["path"] == m2
         store.delete_dataset(db, "mine", by=user)
         assert store.get_dataset(db, "mine") is None
-    add(db, "theirs", "/data/t", "imagefolder", "classification", by=BO)
+    add(db, "theirs", t, "imagefolder", "classification", by=BO)
     theirs = store.get_dataset(db, "theirs")
     assert store.may_change_dataset(user, theirs) == (role == "admin")
     if role == "admin":
-        add(db, "theirs", "/data/t2", "imagefolder", "classification", by=user)
+        add(db, "theirs", t2, "imagefolder", "classification", by=user)
         assert store.get_dataset(db, "theirs")["added_by"] == "bo"  # the owner stays
         store.delete_dataset(db, "theirs", by=user)
         assert store.get_dataset(db, "theirs") is None
     else:
         with pytest.raises(store.PermissionDenied, match="owned by bo"):
-            add(db, "theirs", "/data/x", "imagefolder", "classification", by=user)
+            add(db, "theirs", x, "imagefolder", "classification", by=user)
         with pytest.raises(store.PermissionDenied, match="may not remove dataset 'theirs'"):
             store.delete_dataset(db, "theirs", by=user)
         assert store.get_dataset(db, "theirs") == theirs
@@ -264,7 +273,8 @@ def test_the_trail_records_who_did_what_to_what_and_when(db):
     store.request_cancel(db, run_id, by=ROOT)
     copy = store.queue_rerun(db, run_id, by=ADA)
     store.resume_run(db, run_id, by=ADA)
-    store.register_dataset(db, "d", "/data/d", "imagefolder", "classification", by=ADA)
+    d = dataset_folder(db.home, "d")
+    store.register_dataset(db, "d", d, "imagefolder", "classification", by=ADA)
     store.delete_dataset(db, "d", by=ROOT)
     store.record_weights(db, "resnet18", "/w/resnet18.safetensors", "/tmp/r.pth", by=ADA)
     store.add_user(db, "eve", "member", PASSWORD, by=ROOT)
@@ -285,8 +295,8 @@ def test_the_trail_records_who_did_what_to_what_and_when(db):
         ("ada", "rerun", "run", str(copy), {"name": "renamed", "of": run_id}),
         ("ada", "resume", "run", str(run_id), {}),
         ("ada", "add_dataset", "dataset", "d",
-         {"path": "/data/d", "format": "imagefolder", "task": "classification"}),
-        ("root", "delete_dataset", "dataset", "d", {"path": "/data/d"}),
+         {"path": d, "format": "imagefolder", "task": "classification"}),
+        ("root", "delete_dataset", "dataset", "d", {"path": d}),
         ("ada", "import_weights", "weights", "resnet18",
          {"path": "/w/resnet18.safetensors", "from": "/tmp/r.pth"}),
         ("root", "add_user", "user", "eve", {"role": "member", "source": "local"}),
@@ -335,7 +345,8 @@ def run_cli(home, *args):
 
 def test_the_cli_acts_as_the_local_admin_under_the_same_rules(db, home, capsys, monkeypatch):
     monkeypatch.setenv("VISIONBOARD_USER", "ops")
-    assert cli.cli_user() == {"username": "ops", "role": "admin"}
+    monkeypatch.setattr(cli.getpass, "getuser", lambda: "root")
+    assert cli.cli_user() == {"username": "ops", "role": "admin", "os_user": "root"}
     theirs = store.create_run(db, CONFIG, by=ADA)
     assert run_cli(home, "runs", "cancel", str(theirs)) == 0  # an admin: anyone's run
     assert store.get_run(db, theirs)["status"] == "cancelled"
@@ -354,6 +365,7 @@ def test_the_cli_acts_as_the_local_admin_under_the_same_rules(db, home, capsys, 
         ("delete", str(theirs)),
         ("cancel", str(theirs)),
     ]
+    assert all(r["detail"]["os_user"] == "root" for r in trail)  # who really ran the commands
     assert run_cli(home, "audit", "--kind", "dataset") == 0
     table = capsys.readouterr().out
     assert "ops" in table and "add_dataset" in table and "dataset tiny" in table

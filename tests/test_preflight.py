@@ -58,9 +58,10 @@ def test_a_missing_dataset_names_the_registered_ones(db, tiny, home):
 
 
 def test_a_registered_dataset_whose_folder_went_away(db, home):
-    store.register_dataset(
-        db, "gone", str(home / "gone"), "imagefolder", "classification", {}, by=ADMIN
-    )
+    folder = home / "datasets" / "gone"
+    folder.mkdir(parents=True)  # the store registers only a folder that is there
+    store.register_dataset(db, "gone", str(folder), "imagefolder", "classification", {}, by=ADMIN)
+    folder.rmdir()
     problems = by_field(check_run(config(dataset="gone"), db))
     assert "registered dataset 'gone'" in problems["dataset"]
     assert "does not exist any more" in problems["dataset"]

@@ -2,18 +2,19 @@ import os
 import socket
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 from factories import ADMIN
 
-from engine import store
+from engine import data_roots, store
 
 
 def config(**kw):
     return {
         "task": "classification",
         "model": "efficientnet_b0",
-        "dataset": "/data/digits",
+        "dataset": "digits",  # a name: the store confines only paths (looks_like_path)
         "epochs": 2,
         **kw,
     }
@@ -139,12 +140,14 @@ def test_list_filters_tags_notes_delete(db, home):
         store.delete_run(db, b, by=ADMIN)
 
 
-def test_datasets_registry(db):
+def test_datasets_registry(db, home):
+    folder = str(data_roots.datasets_dir(home) / "digits")
+    Path(folder).mkdir()
     store.register_dataset(
-        db, "digits", "/data/digits", "imagefolder", "classification", {"images": 10}, by=ADMIN
+        db, "digits", folder, "imagefolder", "classification", {"images": 10}, by=ADMIN
     )
     assert store.get_dataset(db, "digits")["info"] == {"images": 10}
-    assert store.resolve_dataset(db, "digits") == "/data/digits"
+    assert store.resolve_dataset(db, "digits") == folder
     assert store.resolve_dataset(db, "/other") == "/other"
     store.delete_dataset(db, "digits", by=ADMIN)
     assert store.list_datasets(db) == []
@@ -331,3 +334,30 @@ def test_workers_beat_and_leave(db):
     assert again["heartbeat_at"] > "2000-01-01T00:00:00+00:00"  # the beat moved
     store.remove_worker(db, "host:1")
     assert store.list_workers(db) == []
+
+
+def test_the_store_confines_dataset_paths_under_every_verb(db, home, tmp_path, monkeypatch):
+    """register_dataset and queueing (create_run, queue_rerun) check the data roots
+    themselves, so a script calling the store cannot skip the forms' check."""
+    monkeypatch.setenv(data_roots.ENV, "")  # only <home>/datasets
+    inside = data_roots.datasets_dir(home) / "set"
+    inside.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for path in (outside, home, home / "visionboard.db", "/etc", inside / ".." / ".." / "1"):
+        with pytest.raises(data_roots.PathRefused, match="does not exist inside the data roots"):
+            store.register_dataset(db, "x", str(path), "csv", "classification", by=ADMIN)
+        with pytest.raises(data_roots.PathRefused, match="does not exist inside the data roots"):
+            store.create_run(db, config(dataset=str(path)), by=ADMIN)
+    for value in ("~/secret", "./secret", "../secret", "sub/secret"):
+        assert store.looks_like_path(value)
+        with pytest.raises(data_roots.PathRefused):
+            store.create_run(db, config(dataset=value), by=ADMIN)
+    assert store.list_datasets(db) == [] and store.list_runs(db) == []
+    store.register_dataset(db, "set", str(inside), "imagefolder", "classification", by=ADMIN)
+    run_id = store.create_run(db, config(dataset=str(inside)), by=ADMIN)
+    store.create_run(db, config(dataset="set"), by=ADMIN)  # a registered name
+    store.create_run(db, config(dataset="digits"), by=ADMIN)  # a name: confined when read
+    inside.rename(inside.with_name("moved"))  # a rerun queues the same path again: checked again
+    with pytest.raises(data_roots.PathRefused):
+        store.queue_rerun(db, run_id, by=ADMIN)

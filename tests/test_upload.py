@@ -14,6 +14,7 @@ from factories import ADMIN, write_digits_imagefolder
 from PIL import Image
 
 from engine import store
+from engine.data.strays import find_ignored
 from engine.data.upload import (
     MB,
     UploadError,
@@ -160,6 +161,56 @@ def test_an_image_claiming_too_many_pixels_is_refused(tmp_path):
         unpack_zip(make_zip({"b/huge.png": huge}), tmp_path / "other")
 
 
+def test_an_entry_of_exactly_the_bomb_threshold_is_checked(tmp_path):
+    with pytest.raises(UploadError, match=r"a/zeros.bin: .* refused as a decompression bomb"):
+        unpack_zip(make_zip({"a/zeros.bin": bytes(MB)}), tmp_path)
+    assert left_in(tmp_path) == []
+
+
+def test_many_small_entries_that_inflate_a_lot_are_refused_as_a_whole(tmp_path):
+    # Each entry stays under the per-entry threshold; together they inflate 1000 times.
+    bomb = make_zip({f"a/{k}.bin": bytes(MB - 1) for k in range(20)})
+    with pytest.raises(UploadError, match=r"the zip: .* refused as a decompression bomb") as e:
+        unpack_zip(bomb, tmp_path, UploadLimits(max_files=60))
+    assert "above the limit of 100" in str(e.value)
+    assert left_in(tmp_path) == []
+    # Below a few MB in all, well-compressing files (XML, blank masks) are not bombs.
+    unpack_zip(make_zip({f"a/{k}.xml": bytes(MB - 1) for k in range(2)}), tmp_path)
+    assert left_in(tmp_path / "a") == ["0.xml", "1.xml"]
+
+
+def test_folders_count_against_a_limit_and_depth_is_limited(tmp_path):
+    entries = {f"d{k}/": b"" for k in range(5)}
+    with pytest.raises(UploadError, match=r"d3/: more than 3 folders .*MAX_FOLDERS"):
+        unpack_zip(make_zip(entries), tmp_path, UploadLimits(max_folders=3))
+    # Folders implied by file names count too.
+    implied = {f"a/b{k}/c/1.png": png(k) for k in range(2)}
+    with pytest.raises(UploadError, match=r"a/b1/c/1.png: more than 3 folders"):
+        unpack_zip(make_zip(implied), tmp_path, UploadLimits(max_folders=3))
+    deep = "/".join(["d"] * 20) + "/1.png"
+    with pytest.raises(UploadError, match=rf"{deep}: 21 levels deep, more than 16 .*MAX_DEPTH"):
+        unpack_zip(make_zip({deep: png()}), tmp_path)
+    assert left_in(tmp_path) == []
+
+
+def test_a_name_the_filesystem_refuses_is_an_upload_error(home):
+    long_name = "a/" + "x" * 300 + ".png"
+    with pytest.raises(UploadError, match=rf"{long_name}: cannot be written \(.*too long"):
+        add_zip(home, "long", make_zip({"a/1.png": png(), long_name: png()}))
+    # A file where a folder is needed: the folder cannot be made.
+    with pytest.raises(UploadError, match=r"a/b/1.png: cannot be written"):
+        add_zip(home, "clash", make_zip({"a/b": b"x", "a/b/1.png": png()}))
+    assert left_in(home / "datasets") == []
+
+
+def test_a_zip_inside_the_zip_is_kept_as_a_file_never_unpacked(tmp_path):
+    inner = make_zip({"x/1.png": png(1), "../../evil.png": png(2)}).getvalue()
+    unpack_zip(make_zip({"a/1.png": png(), "a/inner.zip": inner}), tmp_path)
+    assert left_in(tmp_path / "a") == ["1.png", "inner.zip"]
+    assert (tmp_path / "a" / "inner.zip").read_bytes() == inner
+    assert not (tmp_path / "a" / "x").exists() and not (tmp_path.parent / "evil.png").exists()
+
+
 def test_not_a_zip_and_encrypted_entries(tmp_path):
     with pytest.raises(UploadError, match="not a zip file"):
         unpack_zip(BytesIO(b"PK but not really"), tmp_path)
@@ -257,6 +308,35 @@ def test_a_viewer_cannot_upload(db, home):
     with pytest.raises(store.PermissionDenied):
         upload_zip(db, "x", make_zip({"a/1.png": png()}), by=viewer)
     assert left_in(home / "datasets") == []
+
+
+def test_a_pending_upload_stays_its_uploaders(db, home):
+    alice, bob = {"username": "alice", "role": "member"}, {"username": "bob", "role": "member"}
+    info = upload_images(db, "pets", "cat", [("a.png", png(1)), ("b.png", png(2))], by=alice)
+    assert not info["registered"] and "only one class" in info["error"]
+    # The marker that says whose it is is VisionBoard's, not the dataset's: never listed.
+    ignored, _ = find_ignored(home / "datasets" / "pets", [], "imagefolder")
+    assert [e["file"] for e in ignored] == ["cat/"]
+    with pytest.raises(store.PermissionDenied, match="bob .* 'pets' .*owned by alice"):
+        upload_images(db, "pets", "dog", [("c.png", png(3))], by=bob)
+    with pytest.raises(store.PermissionDenied, match="owned by alice"):
+        upload_zip(db, "pets", make_zip({"a/1.png": png()}), by=bob)
+    assert left_in(home / "datasets" / "pets") == [".visionboard-upload.json", "cat"]
+    info = upload_images(db, "pets", "dog", [("c.png", png(3)), ("d.png", png(4))], by=alice)
+    assert info["registered"] and store.get_dataset(db, "pets")["added_by"] == "alice"
+    assert left_in(home / "datasets" / "pets") == ["cat", "dog"]  # the store says whose now
+
+
+def test_an_admin_may_add_to_a_pending_upload_and_an_unmarked_folder_is_admins_only(db, home):
+    alice = {"username": "alice", "role": "member"}
+    upload_images(db, "pets", "cat", [("a.png", png(1)), ("b.png", png(2))], by=alice)
+    info = upload_images(db, "pets", "dog", [("c.png", png(3)), ("d.png", png(4))], by=ADMIN)
+    assert info["registered"]
+    # A folder nobody's upload started (put there by hand) is nobody's: admins only.
+    add_images(home, "loose", "cat", [("a.png", png(1))])
+    with pytest.raises(store.PermissionDenied, match="owned by nobody"):
+        upload_images(db, "loose", "dog", [("c.png", png(3))], by=alice)
+    assert left_in(home / "datasets" / "loose") == ["cat"]
 
 
 # -- settings -----------------------------------------------------------------------------------

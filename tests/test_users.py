@@ -3,6 +3,7 @@ and `visionboard serve`'s rule that only a server with sign-in listens beyond lo
 
 import io
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -187,9 +188,105 @@ def test_users_commands_name_what_is_wrong(db, home, capsys, monkeypatch):
     assert "role 'owner': expected one of admin, member, viewer" in capsys.readouterr().err
 
 
-def test_cli_acts_as_a_local_admin(monkeypatch):
-    monkeypatch.setenv("VISIONBOARD_USER", "ops")
-    assert cli.cli_user() == {"username": "ops", "role": "admin"}
+def test_cli_acts_as_a_local_admin_and_the_trail_keeps_its_real_os_user(db, monkeypatch):
+    monkeypatch.setattr(cli.getpass, "getuser", lambda: "root")
+    monkeypatch.delenv("VISIONBOARD_USER", raising=False)
+    assert cli.cli_user() == {"username": "root", "role": "admin", "os_user": "root"}
+    monkeypatch.setenv("VISIONBOARD_USER", "ada")  # anyone with a shell can type any name
+    by = cli.cli_user()
+    assert by == {"username": "ada", "role": "admin", "os_user": "root"}
+    store.add_user(db, "bo", "member", PASSWORD, by=by)
+    last = store.list_audit(db, by=ADMIN, limit=1)[0]
+    assert (last["username"], last["detail"]["os_user"]) == ("ada", "root")
+
+
+# -- signing in: guessing passwords, the identity provider's names and rules --------------------
+
+
+def fail(db, name, times):
+    for _ in range(times):
+        assert store.verify_password(db, name, "wrong password") is None
+
+
+def test_five_wrong_passwords_lock_the_name_for_fifteen_minutes(db):
+    store.add_user(db, "ada", "member", PASSWORD, by=ADMIN)
+    fail(db, "ada", store.MAX_SIGN_IN_FAILURES - 1)
+    assert store.verify_password(db, "ada", PASSWORD)  # a success resets the count
+    fail(db, "ada", store.MAX_SIGN_IN_FAILURES - 1)
+    assert store.sign_in_locked_until(db, "ada") is None
+    fail(db, "ada", 1)
+    until = store.sign_in_locked_until(db, "ada")
+    assert until and 14 * 60 < (until - datetime.now(UTC)).total_seconds() <= 15 * 60
+    with pytest.raises(store.SignInLocked, match=r"too many wrong passwords for 'ada': try again"):
+        store.verify_password(db, "ada", PASSWORD)  # the right one too: guessing stops
+    fail(db, "nobody", store.MAX_SIGN_IN_FAILURES)  # unknown names lock alike: nothing told
+    with pytest.raises(store.SignInLocked):
+        store.verify_password(db, "nobody", PASSWORD)
+    # Fifteen minutes after the last wrong one, the name may try again.
+    old = (datetime.now(UTC) - timedelta(minutes=16)).isoformat(timespec="seconds")
+    db.execute("update audit set at = ? where action = 'sign_in_failed'", [old])
+    db.conn.commit()
+    assert store.verify_password(db, "ada", PASSWORD)["username"] == "ada"
+    actions = [
+        (r["username"], r["action"]) for r in store.list_audit(db, by=ADMIN, target_id="ada")
+    ]
+    assert actions[:2] == [("ada", "sign_in"), ("", "sign_in_failed")]
+    assert actions.count(("", "sign_in_failed")) == 2 * (store.MAX_SIGN_IN_FAILURES - 1) + 1
+
+
+def test_wrong_passwords_spread_over_more_than_fifteen_minutes_lock_nothing(db):
+    store.add_user(db, "ada", "member", PASSWORD, by=ADMIN)
+    fail(db, "ada", 1)
+    old = (datetime.now(UTC) - timedelta(minutes=20)).isoformat(timespec="seconds")
+    db.execute("update audit set at = ? where action = 'sign_in_failed'", [old])
+    db.conn.commit()
+    fail(db, "ada", store.MAX_SIGN_IN_FAILURES - 1)
+    assert store.sign_in_locked_until(db, "ada") is None
+    assert store.verify_password(db, "ada", PASSWORD)
+
+
+@pytest.mark.parametrize(
+    ("email", "sub", "name"),
+    [
+        ("Ada@Example.com", "google-oauth2|1", "ada@example.com"),
+        ("", "ada.l", "ada.l"),  # a valid id as it is
+    ],
+)
+def test_an_identity_provider_user_is_named_by_email_else_by_subject_id(email, sub, name):
+    assert store.oidc_username(email, sub) == name
+
+
+def test_a_subject_id_that_is_no_user_name_becomes_one_kept_apart_from_lookalikes():
+    one, two = (
+        store.oidc_username("", "google-oauth2|123"),
+        store.oidc_username("", "google-oauth2/123"),
+    )
+    assert one.startswith("google-oauth2-123-") and two.startswith("google-oauth2-123-")
+    assert one != two
+    assert store.USERNAME_PATTERN.fullmatch(one)
+    assert store.USERNAME_PATTERN.fullmatch(store.oidc_username("", "|" + "x" * 300))
+    with pytest.raises(store.UserError, match="neither an email nor a usable id"):
+        store.oidc_username("", "||")
+
+
+def test_check_oidc_identity_refuses_unverified_and_unlisted_emails():
+    store.check_oidc_identity("ada@example.com")  # no lists: the admin approves each account
+    store.check_oidc_identity("ada@example.com", True)
+    for verified in (False, "false"):
+        with pytest.raises(store.UserError, match="has not verified the email 'ada@example.com'"):
+            store.check_oidc_identity("ada@example.com", verified)
+    store.check_oidc_identity("Ada@Example.COM", None, ["@example.com"])
+    store.check_oidc_identity("pat@partner.org", None, ["example.com"], ["Pat@Partner.org"])
+    for email in ("eve@evil.com", "eve@sub.example.com", "", "example.com@evil.com"):
+        with pytest.raises(store.UserError, match="is not allowed on this VisionBoard"):
+            store.check_oidc_identity(email, True, ["example.com"], ["pat@partner.org"])
+
+
+def test_an_identity_provider_user_added_disabled_waits_for_an_admin(db):
+    user = store.get_or_add_oidc_user(db, "cy@example.com", "cy@example.com", disabled=True)
+    assert user["disabled"] and store.count_users(db) == 0
+    last = store.list_audit(db, by=ADMIN, limit=1)[0]
+    assert last["detail"] == {"role": "viewer", "source": "oidc", "disabled": True}
 
 
 # -- visionboard serve: who may listen beyond localhost -----------------------------------------

@@ -18,7 +18,7 @@ from engine.data.detection import RawDetection, RawImage, split_of_name, subdirs
 from engine.data.errors import DatasetError, Problems
 from engine.data.images import natural_key
 from engine.data.signatures import child, coco_jsons, files_in
-from engine.data_roots import exists_inside
+from engine.data_roots import PathRefused, exists_inside, open_inside
 
 
 def find_coco_files(path: Path) -> tuple[Path, dict[str, Path]]:
@@ -56,8 +56,10 @@ def find_coco_files(path: Path) -> tuple[Path, dict[str, Path]]:
 
 def _load_json(path: Path, name: str):
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open_inside(path, encoding="utf-8") as fh:
             return json.load(fh)
+    except PathRefused as exc:  # a symlink out of the roots: the one refusal, nothing read
+        raise DatasetError(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise DatasetError(
             f"{name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"

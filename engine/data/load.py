@@ -43,7 +43,10 @@ def load_splits(
     reader = get_reader(task, fmt)
     problems = Problems(path)
     try:
-        raw = reader(path, problems, columns)
+        try:
+            raw = reader(path, problems, columns)
+        except data_roots.PathRefused as exc:  # a class list or list file linked out of the roots
+            raise DatasetError(str(exc)) from None
         arrange_splits(raw, problems)
         check_inside_roots(raw, problems)
     except DatasetError as exc:

@@ -17,6 +17,7 @@ import yaml
 from engine.data.images import is_image_file
 from engine.data.strays import is_skipped_dir
 from engine.data.tables import split_of_folder
+from engine.data_roots import PathRefused, open_inside, read_text_inside
 
 # A JSON this large is checked for the three lists by scanning, not parsed twice.
 COCO_PARSE_LIMIT = 32 << 20
@@ -52,7 +53,7 @@ def split_folders(root: Path) -> dict[str, Path]:
 def _coco_check(path: Path, size: int, mtime: float) -> bool:
     if size > COCO_PARSE_LIMIT:
         found = set()
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with open_inside(path, encoding="utf-8", errors="replace") as fh:
             tail = ""
             while chunk := fh.read(1 << 22):
                 text = tail + chunk
@@ -60,9 +61,9 @@ def _coco_check(path: Path, size: int, mtime: float) -> bool:
                 tail = text[-64:]
         return len(found) == len(_COCO_LIST)
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open_inside(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # PathRefused too: a symlink out is no COCO file
         return False
     return isinstance(data, dict) and all(isinstance(data.get(k), list) for k in _COCO_LIST)
 
@@ -74,7 +75,7 @@ def is_coco_json(path: Path) -> bool:
     try:
         stat = path.stat()
         return _coco_check(path, stat.st_size, stat.st_mtime)
-    except OSError:
+    except (OSError, PathRefused):
         return False
 
 
@@ -83,8 +84,8 @@ def is_yolo_yaml(path: Path) -> bool:
     if path.suffix.lower() not in (".yaml", ".yml") or path.name.startswith("."):
         return False
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(read_text_inside(path, errors="replace"))
+    except (OSError, PathRefused, yaml.YAMLError):
         return False
     return isinstance(data, dict) and "names" in data
 
@@ -94,9 +95,9 @@ def is_voc_xml(path: Path) -> bool:
     if path.suffix.lower() != ".xml" or path.name.startswith("."):
         return False
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with open_inside(path, encoding="utf-8", errors="replace") as fh:
             head = fh.read(4096)
-    except OSError:
+    except (OSError, PathRefused):
         return False
     return re.search(r"<annotation[\s>]", head) is not None
 

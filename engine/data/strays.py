@@ -19,6 +19,9 @@ from engine.data.images import IMAGE_EXTENSIONS
 MAX_IGNORED = 200
 SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
 SYSTEM_DIRS = frozenset({"__macosx", "$recycle.bin", "system volume information"})
+# VisionBoard's own file in a dataset it is building (engine.data.upload: who started the
+# upload): not the dataset's, so never listed.
+UPLOAD_MARKER = ".visionboard-upload.json"
 DOC_PREFIXES = ("readme", "license", "licence", "copying", "changelog", "citation", "notice")
 DOC_SUFFIXES = frozenset({".md", ".rst", ".pdf", ".html", ".htm"})
 METADATA_SUFFIXES = frozenset({".json", ".yaml", ".yml", ".csv", ".tsv", ".xml", ".txt", ".names"})
@@ -78,7 +81,7 @@ def find_ignored(root: Path, used: Iterable[str | Path], fmt: str) -> tuple[list
                     {"file": (rel_folder / d).as_posix() + "/", "reason": "system folder"}
                 )
         dirs[:] = sorted(d for d in dirs if not is_skipped_dir(d))
-        files += [rel_folder / n for n in sorted(names)]
+        files += [rel_folder / n for n in sorted(names) if n != UPLOAD_MARKER]
     unused = [f for f in files if f not in used_rel]
     # Folders with no used file at all are listed once (the topmost such folder).
     used_dirs = {parent for f in used_rel for parent in f.parents}

@@ -107,7 +107,7 @@ def has_box_columns(header: Sequence[str]) -> bool:
 def read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Header and (line number, row) pairs; line numbers as a text editor shows them."""
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        with data_roots.open_inside(csv_path, newline="", encoding="utf-8-sig") as fh:
             first = fh.readline()
             fh.seek(0)
             delimiter = max(",;\t", key=first.count) if first.strip() else ","
@@ -118,6 +118,8 @@ def read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]
             for row in reader:
                 if any((v or "").strip() for k, v in row.items() if k is not None):
                     rows.append((reader.line_num, row))
+    except data_roots.PathRefused as exc:  # a symlink out of the roots: nothing read
+        raise DatasetError(str(exc)) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{csv_path.name}: cannot read CSV ({exc})") from exc
     if not header:

@@ -4,14 +4,21 @@ into `<data dir>/datasets/<name>/` and registered once the data check finds noth
 Nothing in an upload is trusted:
 
 - every zip entry is checked before a byte is written: no absolute name, no `..`, no symlink,
-  no encrypted entry, no name twice; at most `max_files` files and `max_unpacked_bytes` bytes
-  as declared, and no entry that inflates more than `max_ratio` times (a decompression bomb);
+  no encrypted entry, no name twice; at most `max_files` files, `max_folders` folders (named
+  or implied by a file's path: each is an inode), `max_depth` levels and `max_unpacked_bytes`
+  bytes as declared, and neither an entry nor the zip as a whole that inflates more than
+  `max_ratio` times (a decompression bomb, or many small ones);
 - while extracting, the bytes really written are counted against the same limits (a zip can
-  lie about its sizes);
+  lie about its sizes), and a name the filesystem refuses (too long) is refused by name;
+- a zip inside the zip is a file like any other: kept as it is, never unpacked;
 - an image whose header claims more than `max_image_pixels` pixels is refused (Pillow would
   refuse to decode it anyway, after allocating for it);
 - everything is written into a hidden temporary folder inside the datasets folder and renamed
   into place at the end, so a refused or failed upload leaves nothing behind.
+
+A dataset built from image files one class at a time stays unregistered until its data check
+passes (one class alone does not); meanwhile a marker file in its folder (strays.UPLOAD_MARKER)
+names who started it, so no other member can add to it and register it as theirs.
 
 Limits are settings: defaults below, each overridden by an environment variable. The largest
 file a browser may send is Streamlit's server.maxUploadSize (.streamlit/config.toml, in MB),
@@ -20,6 +27,7 @@ which must stay equal to max_upload_bytes (a test checks it).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -34,8 +42,9 @@ from typing import IO, Any
 
 from PIL import Image
 
-from engine import store
+from engine import data_roots, store
 from engine.data.images import is_image_file
+from engine.data.strays import UPLOAD_MARKER
 from engine.data.tables import split_of_folder
 
 MB = 1 << 20
@@ -43,7 +52,10 @@ Progress = Callable[[float, str], None]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CLASS = re.compile(r"\w[\w .+-]{0,63}")
 _JUNK_DIRS = ("__MACOSX",)  # macOS resource forks: ._ copies of every file, never images
-_BOMB_MIN_BYTES = MB  # small entries may compress very well (XML, blank masks): not bombs
+# Small entries may compress very well (XML, blank masks): not bombs. Many of them together,
+# past a few MB, are held to the same ratio as one large entry.
+_BOMB_MIN_BYTES = MB
+_BOMB_MIN_TOTAL = 8 * MB
 _CHUNK = MB
 
 
@@ -56,6 +68,8 @@ class UploadLimits:
     max_upload_bytes: int = 1024 * MB  # = server.maxUploadSize in .streamlit/config.toml
     max_unpacked_bytes: int = 8192 * MB
     max_files: int = 100_000
+    max_folders: int = 10_000
+    max_depth: int = 16  # path parts, the file's own name included
     max_ratio: float = 100.0
     max_image_pixels: int = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS default
 
@@ -87,8 +101,8 @@ def env_name(field_name: str) -> str:
 
 
 def datasets_dir(home: str | Path | None = None) -> Path:
-    """Where uploaded (and sample) datasets live: `<data dir>/datasets`."""
-    return store.home_dir(home) / "datasets"
+    """Where uploaded (and sample) datasets live: `<data dir>/datasets`, a data root."""
+    return data_roots.datasets_dir(home)
 
 
 def check_name(name: str) -> str:
@@ -121,7 +135,7 @@ def check_class_name(name: str) -> str:
 def plan_zip(archive: zipfile.ZipFile, limits: UploadLimits) -> list[tuple[zipfile.ZipInfo, str]]:
     """(entry, safe relative path) of every entry to extract; UploadError naming the first
     entry that is unsafe or over a limit. Nothing is written."""
-    plan, seen, total, files = [], set(), 0, 0
+    plan, seen, folders, total, packed, files = [], set(), set(), 0, 0, 0
     for info in archive.infolist():
         raw = info.filename
         name = raw.replace("\\", "/")
@@ -142,6 +156,18 @@ def plan_zip(archive: zipfile.ZipFile, limits: UploadLimits) -> list[tuple[zipfi
         if rel in seen:
             raise UploadError(f"{raw}: appears twice in the zip")
         seen.add(rel)
+        if len(parts) > limits.max_depth:
+            raise UploadError(
+                f"{raw}: {len(parts)} levels deep, more than {limits.max_depth} (the limit, "
+                f"{env_name('max_depth')})"
+            )
+        # Every folder the entry names or implies is made, so each counts.
+        folders.update("/".join(parts[:k]) for k in range(1, len(parts) + info.is_dir()))
+        if len(folders) > limits.max_folders:
+            raise UploadError(
+                f"{raw}: more than {limits.max_folders} folders in the zip (the limit, "
+                f"{env_name('max_folders')})"
+            )
         if info.is_dir():
             plan.append((info, rel))
             continue
@@ -157,15 +183,23 @@ def plan_zip(archive: zipfile.ZipFile, limits: UploadLimits) -> list[tuple[zipfi
                 f"{raw}: the files unpack to more than {size_text(limits.max_unpacked_bytes)} "
                 f"(the limit, {env_name('max_unpacked_bytes')})"
             )
-        ratio = info.file_size / max(info.compress_size, 1)
-        if info.file_size > _BOMB_MIN_BYTES and ratio > limits.max_ratio:
-            raise UploadError(
-                f"{raw}: {info.compress_size} bytes that inflate to {info.file_size} "
-                f"({ratio:.0f} times, above the limit of {limits.max_ratio:g}, "
-                f"{env_name('max_ratio')}): refused as a decompression bomb"
-            )
+        packed += info.compress_size
+        if info.file_size >= _BOMB_MIN_BYTES:
+            _check_ratio(raw, info.compress_size, info.file_size, limits)
         plan.append((info, rel))
+    if total >= _BOMB_MIN_TOTAL:
+        _check_ratio("the zip", packed, total, limits)
     return plan
+
+
+def _check_ratio(what: str, packed: int, size: int, limits: UploadLimits) -> None:
+    ratio = size / max(packed, 1)
+    if ratio > limits.max_ratio:
+        raise UploadError(
+            f"{what}: {packed} bytes that inflate to {size} ({ratio:.0f} times, above the "
+            f"limit of {limits.max_ratio:g}, {env_name('max_ratio')}): refused as a "
+            "decompression bomb"
+        )
 
 
 def unpack_zip(
@@ -189,9 +223,9 @@ def unpack_zip(
             if not dest.resolve().is_relative_to(base):  # belt and braces after plan_zip
                 raise UploadError(f"{info.filename}: would be written outside the dataset folder")
             if info.is_dir():
-                dest.mkdir(parents=True, exist_ok=True)
+                _make_folder(dest, info.filename)
             else:
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                _make_folder(dest.parent, info.filename)
                 written += _extract(archive, info, dest, limits, written)
                 if is_image_file(dest):
                     check_image_pixels(dest, info.filename, limits)
@@ -199,11 +233,22 @@ def unpack_zip(
                 progress((k + 1) / len(plan), f"Unpacking {rel}")
 
 
+def _make_folder(folder: Path, name: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a name too long, a file where a folder is needed
+        raise UploadError(f"{name}: cannot be written ({exc.strerror or exc})") from None
+
+
 def _extract(archive, info, dest: Path, limits: UploadLimits, written: int) -> int:
     """Copy one entry, counting what is really inflated; returns its size."""
     size = 0
     try:
-        with archive.open(info) as src, open(dest, "xb") as out:
+        out = open(dest, "xb")
+    except OSError as exc:
+        raise UploadError(f"{info.filename}: cannot be written ({exc.strerror or exc})") from None
+    try:
+        with out, archive.open(info) as src:
             while chunk := src.read(_CHUNK):
                 size += len(chunk)
                 if size > info.file_size:
@@ -281,11 +326,13 @@ def add_images(
     files: Iterable[tuple[str, bytes]],
     limits: UploadLimits | None = None,
     progress: Progress | None = None,
+    owner: str = "",
 ) -> Path:
     """Save uploaded image files as `<datasets>/<name>/<class_name>/`; returns the dataset.
 
     The dataset folder is created, or must be an image folder of class folders only (one
-    built by earlier uploads), so classes are added one upload at a time.
+    built by earlier uploads), so classes are added one upload at a time. A folder created
+    here is marked as `owner`'s (when given) until it is registered.
     """
     limits = limits or UploadLimits.from_env()
     name, class_name = check_name(name), check_class_name(class_name)
@@ -316,6 +363,8 @@ def add_images(
             if progress:
                 progress((k + 1) / len(files), f"Saving {base}")
         if not target.exists():
+            if owner:  # written before the folder appears: it is never seen unmarked
+                (tmp / UPLOAD_MARKER).write_text(json.dumps({"username": owner}))
             os.replace(tmp, target)
         else:
             (target / class_name).mkdir(exist_ok=True)
@@ -340,7 +389,7 @@ def _size_of(source) -> int | None:
 
 
 def _check_class_folders(target: Path, name: str) -> None:
-    entries = list(target.iterdir())
+    entries = [p for p in target.iterdir() if p.name != UPLOAD_MARKER]
     flat = all(p.is_dir() and not p.is_symlink() and not p.name.startswith(".") for p in entries)
     if not flat or any(split_of_folder(p.name) for p in entries):
         raise UploadError(
@@ -418,22 +467,35 @@ def upload_images(
     alone is "only one class"): the next upload adds the class that is missing."""
     target = datasets_dir(db.home) / check_name(name)
     check_registry(db, name, target, by)
-    folder = add_images(db.home, name, class_name, files, limits, progress)
+    folder = add_images(db.home, name, class_name, files, limits, progress, by["username"])
     return _register(db, name, folder, by)
 
 
 def check_registry(db, name: str, target: Path, by: dict[str, Any]) -> None:
     """Before any file is written: the name is free or already this folder's, and `by` may
-    add it (or change it)."""
+    add it (or change it). A folder not registered yet is its uploader's (pending_owner)."""
     row = store.get_dataset(db, name)
     if row is None:
         store.check_permission(by, "add_dataset")
+        if target.exists():
+            owner = pending_owner(target)
+            store.check_permission(by, "edit_dataset", owner, f"dataset {name!r}")
         return
     if Path(row["path"]).resolve() != target.resolve():
         raise UploadError(
             f"name: {name!r} is already registered for {row['path']}; choose another name"
         )
     store.check_permission(by, "edit_dataset", row.get("added_by") or "", f"dataset {name!r}")
+
+
+def pending_owner(folder: Path) -> str:
+    """Who started the unregistered upload in `folder`: its marker's username, or "" (nobody:
+    a folder put there by hand, which only admins may add to) when there is none."""
+    try:
+        owner = json.loads((folder / UPLOAD_MARKER).read_text()).get("username")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return owner if isinstance(owner, str) else ""
 
 
 def _register(db, name: str, folder: Path, by: dict[str, Any]) -> dict[str, Any]:
@@ -443,4 +505,5 @@ def _register(db, name: str, folder: Path, by: dict[str, Any]) -> dict[str, Any]
     info["registered"] = not info.get("error")
     if info["registered"]:
         store.register_dataset(db, name, str(folder), info["format"], info["task"], info, by=by)
+        (folder / UPLOAD_MARKER).unlink(missing_ok=True)  # the store says whose it is now
     return info

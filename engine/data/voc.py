@@ -18,10 +18,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from engine.data.detection import RawDetection, RawImage, to_number
-from engine.data.errors import DatasetError, Problems
+from engine.data.errors import WARNING, DatasetError, Problems
 from engine.data.images import IMAGE_EXTENSIONS, is_image_file, list_images, natural_key
 from engine.data.signatures import child, files_in, is_voc_xml, split_folders
-from engine.data_roots import exists_inside
+from engine.data_roots import PathRefused, exists_inside, open_inside, read_text_inside
 
 VOC_IMAGE_DIRS = ("JPEGImages", "images")
 VOC_CLASS_FILES = ("labels.txt", "classes.txt", "class_names.txt", "labelmap.txt")
@@ -53,7 +53,7 @@ def _read_class_file(path: Path) -> tuple[list[str] | None, Path | None]:
     if class_file is None:
         return None, None
     names = []
-    for line in class_file.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in read_text_inside(class_file, errors="replace").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -126,19 +126,39 @@ def _read_voc_folders(path: Path, ann_dir: Path, problems: Problems) -> RawDetec
 
     lists = _voc_split_files(path)
     if "train" in lists:
-        sets = {}
+        sets, listed = {}, set()
         for split, list_path in lists.items():
-            sets[split] = raws(by_stem[stem] for stem in _read_list(list_path, by_stem, problems))
+            stems = _read_list(list_path, by_stem, problems)
+            listed.update(stems)
+            sets[split] = raws(by_stem[stem] for stem in stems)
+        _warn_unlisted(set(by_stem) - listed, lists, problems)
         read += list(lists.values())
         return RawDetection(classes, sets["train"], sets.get("test"), sets.get("val"), read)
     if "all" in lists:  # CVAT's default.txt: every image it names, no split
         named = set(_read_list(lists["all"], by_stem, problems))
+        _warn_unlisted(set(by_stem) - named, lists, problems)
         images = raws(by_stem[stem] for stem in by_stem if stem in named)
         read.append(lists["all"])
         return RawDetection(classes, images, None, None, read)
     images = raws(parsed)
     background = _background(list_images(image_dir), images, parsed)
     return RawDetection(classes, images + background, None, None, read)
+
+
+def _warn_unlisted(unlisted: set[str], lists: dict[str, Path], problems: Problems) -> None:
+    """Annotated images that no ImageSets list names are a split the dataset leaves out (a
+    test.txt not shipped, a list cut short): said, not only listed among the ignored files."""
+    if not unlisted:
+        return
+    folder = next(iter(lists.values())).parent
+    names = ", ".join(p.name for p in lists.values())
+    problems.add(
+        folder,
+        f"{len(unlisted)} annotated image(s) are in no ImageSets list ({names}): a split "
+        "left out, not used (add them to a list to use them)",
+        "unlisted_images",
+        WARNING,
+    )
 
 
 def _background(candidates: list[Path], images: list[RawImage], parsed: dict) -> list[RawImage]:
@@ -155,7 +175,7 @@ def _background(candidates: list[Path], images: list[RawImage], parsed: dict) ->
 
 def _read_list(list_path: Path, by_stem: dict, problems: Problems) -> list[str]:
     stems = []
-    for line_no, line in enumerate(list_path.read_text().splitlines(), 1):
+    for line_no, line in enumerate(read_text_inside(list_path).splitlines(), 1):
         stem = line.split()[0] if line.split() else ""
         if not stem:
             continue
@@ -219,7 +239,11 @@ def _parse_voc_xml(xml_path: Path, image_dir: Path, problems: Problems):
     A malformed file or object is listed as blocking and left out, and reading goes on."""
     name = problems.rel(xml_path)
     try:
-        tree = ET.parse(xml_path)
+        with open_inside(xml_path, "rb") as fh:
+            tree = ET.parse(fh)
+    except PathRefused as exc:  # a symlink out of the roots: refused, nothing read
+        problems.block(xml_path, str(exc), "bad_annotation")
+        return None, None
     except ET.ParseError as exc:
         problems.block(xml_path, f"{name}: malformed XML ({exc})", "bad_annotation")
         return None, None

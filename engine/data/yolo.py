@@ -10,6 +10,7 @@ seeded split.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -18,7 +19,7 @@ from engine.data.detection import RawDetection, RawImage, to_number
 from engine.data.errors import DatasetError, Problems
 from engine.data.images import is_image_file, list_images
 from engine.data.signatures import child, yolo_yamls
-from engine.data_roots import exists_inside
+from engine.data_roots import PathRefused, exists_inside, read_text_inside
 
 YOLO_CLASS_FILES = ("classes.txt", "obj.names")
 
@@ -51,9 +52,9 @@ def read_yolo(path: Path, problems: Problems, columns: dict | None = None) -> Ra
     problems.root = root
     name = yaml_path.name
     try:
-        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text_inside(yaml_path))
     except yaml.YAMLError as exc:
-        raise DatasetError(f"{name}: malformed YAML ({exc})") from None
+        raise DatasetError(f"{name}: malformed YAML{yaml_position(exc)}") from None
     if not isinstance(data, dict) or "names" not in data:
         raise DatasetError(f"{name}: missing 'names' (the class names)")
     names = data["names"]
@@ -87,7 +88,7 @@ def read_yolo(path: Path, problems: Problems, columns: dict | None = None) -> Ra
 def _read_yolo_without_yaml(path: Path, class_file: Path, problems: Problems) -> RawDetection:
     """Label Studio's YOLO export: classes.txt (one name a line), images/, labels/."""
     problems.root = path
-    lines = class_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = read_text_inside(class_file, errors="replace").splitlines()
     classes = [line.strip() for line in lines if line.strip()]
     if not classes:
         raise DatasetError(f"{class_file.name}: no class names (one a line)")
@@ -122,7 +123,7 @@ def _yolo_images(
         if found.is_dir():
             files += list_images(found)
         elif found.suffix.lower() == ".txt":  # a list of image paths, one a line
-            for line_no, line in enumerate(found.read_text().splitlines(), 1):
+            for line_no, line in enumerate(read_text_inside(found).splitlines(), 1):
                 line = line.strip()
                 if not line:
                     continue
@@ -160,11 +161,14 @@ def _read_yolo_labels(
 ) -> RawImage:
     label_path = yolo_label_path(image)
     raw = RawImage(image, label_path, normalized=True)
-    if not (exists_inside(label_path) and label_path.is_file()):
+    if not os.path.lexists(label_path):
         return raw  # YOLO's convention: no label file, no objects
     name = problems.rel(label_path)
     try:
-        lines = label_path.read_text(encoding="utf-8").splitlines()
+        lines = read_text_inside(label_path).splitlines()
+    except PathRefused as exc:  # a symlink out of the roots: refused, never read as background
+        problems.block(label_path, str(exc), "bad_annotation")
+        lines = []
     except (OSError, UnicodeDecodeError) as exc:
         problems.block(label_path, f"{name}: cannot read ({exc})", "bad_annotation")
         lines = []
@@ -177,6 +181,13 @@ def _read_yolo_labels(
             raw.labels.append(cls)
             raw.entries.append(f"line {line_no}")
     return raw
+
+
+def yaml_position(exc: yaml.YAMLError) -> str:
+    """Where a YAML error is, never what is there: PyYAML's message quotes the offending line,
+    which must not reach an error (the file may be a symlink to a secret)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
 
 
 def _read_label_line(tokens, where: str, classes, names_from: str) -> tuple[int, list[float]]:
