@@ -21,6 +21,8 @@ import plotly.graph_objects as go
 STEP_METRICS = ("lr", "train_loss_step")
 LOSS_METRICS = ("train_loss", "test_loss")
 NOT_SCORES = ("test_loss", "test_threshold")
+# Metrics with no upper bound: drawn on their own axis, not squashing the 0-1 scores.
+UNBOUNDED_METRICS = ("test_log_loss",)
 TEMPLATE = "plotly_white"
 HEIGHT = 320
 
@@ -30,8 +32,9 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure
         title=title,
         template=TEMPLATE,
         height=HEIGHT,
-        margin={"l": 50, "r": 20, "t": 50, "b": 40},
-        legend={"orientation": "h", "y": -0.2},
+        margin={"l": 50, "r": 20, "t": 70, "b": 40},
+        # Above the plot, right-aligned: below it, the legend sat on the x axis title.
+        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
         hovermode="x unified",
     )
     fig.update_xaxes(title=x_title)
@@ -54,6 +57,11 @@ def _note_if_empty(fig: go.Figure, text: str) -> go.Figure:
         fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
         fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     return fig
+
+
+def _line_mode(points: int) -> str:
+    """A line of one point draws nothing (an empty axis from -1 to 1): mark it."""
+    return "lines" if points > 1 else "lines+markers"
 
 
 def _finite(value: Any) -> bool:
@@ -109,7 +117,7 @@ def loss_figure(
                 x=_xs(steps, x, per_step=True),
                 y=[r["value"] for r in steps],
                 name="train loss (step)",
-                mode="lines",
+                mode=_line_mode(len(steps)),
                 line={"width": 1, "color": "rgba(31,119,180,0.35)"},
             )
         )
@@ -162,14 +170,24 @@ def metric_figure(
                 line={"width": 3 if main else 1.5, "dash": "solid" if main else "dot"},
                 marker={"size": 7 if main else 4},
                 opacity=1.0 if main or chosen is None else 0.6,
+                yaxis="y2" if name in UNBOUNDED_METRICS else "y",
             )
         )
+    unbounded = [n.removeprefix("test_") for n in names if n in UNBOUNDED_METRICS]
+    if unbounded:
+        fig.update_layout(
+            yaxis2={"title": ", ".join(unbounded), "overlaying": "y", "side": "right",
+                    "showgrid": False, "rangemode": "tozero"}
+        )  # fmt: skip
     _note_if_empty(fig, f"No {split} metrics yet: they appear at the end of the first epoch.")
     if best_epoch and x == "epoch" and fig.data:
         fig.add_vline(x=best_epoch, line_dash="dash", line_color="grey", annotation_text="best")
     title = f"{split.capitalize()} metrics"
     title += f" ({chosen.removeprefix('test_')} in bold)" if chosen else ""
-    return _layout(fig, title, x, "value")
+    fig = _layout(fig, title, x, "score (0-1)" if unbounded else "value")
+    if unbounded:  # _layout titled every y axis
+        fig.update_layout(margin={"r": 60}, yaxis2_title=", ".join(unbounded))
+    return fig
 
 
 def lr_figure(
@@ -187,7 +205,7 @@ def lr_figure(
                 x=_xs(rows, x, per_step=True),
                 y=[r["value"] for r in rows],
                 name="learning rate",
-                mode="lines",
+                mode=_line_mode(len(rows)),
                 line={"color": "#2ca02c"},
             )
         )
@@ -213,56 +231,208 @@ def _last_step_of_epoch(rows: Sequence[Mapping[str, Any]], epoch: int) -> int | 
     return max(steps) if steps else None
 
 
+def smooth_ema(values: Sequence[float], weight: float) -> list[float]:
+    """Exponential moving average with TensorBoard's debiasing: weight 0 returns the values,
+    0.9 averages over about the last ten points; the first points are not pulled to zero."""
+    if not 0 <= weight < 1:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight!r}")
+    smoothed, last, debias = [], 0.0, 1.0
+    for value in values:
+        last = weight * last + (1 - weight) * value
+        debias *= weight
+        smoothed.append(last / (1 - debias))
+    return smoothed
+
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
+
+
+def _rgba(color: str, alpha: float) -> str:
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _run_curve(run: Mapping[str, Any], metric: str, x: str, smoothing: float):
+    rows = group_metrics(run.get("metrics", [])).get(metric, [])
+    xs = _xs(rows, x, per_step=metric in STEP_METRICS)
+    raw = [r["value"] for r in rows]
+    return xs, raw, smooth_ema(raw, smoothing) if smoothing else raw
+
+
+def group_label(config: Mapping[str, Any], key: str) -> str:
+    """How a run's value of the grouping key reads in a legend ("lr=0.001")."""
+    value = (config or {}).get(key)
+    return f"{key}={'—' if value is None else _format_value(value)}"
+
+
 def compare_figure(
-    runs_metrics: Sequence[Mapping[str, Any]], metric: str, x: str = "epoch"
+    runs_metrics: Sequence[Mapping[str, Any]],
+    metric: str,
+    x: str = "epoch",
+    smoothing: float = 0.0,
+    group_by: str | None = None,
+    log_y: bool = False,
 ) -> go.Figure:
-    """One line per run of `metric`, overlaid. runs_metrics: [{"id", "name", "metrics": rows}]."""
+    """One line per run of `metric`, overlaid. runs_metrics: [{"id", "name", "metrics": rows,
+    "config"}] (config only needed with `group_by`).
+
+    smoothing: EMA weight in [0, 1) (smooth_ema); the raw curve stays as a faint line.
+    group_by: a config key; runs sharing its value become one mean line with a min-max band.
+    log_y: a log y axis (values <= 0 are not drawn by plotly).
+    """
     fig = go.Figure()
     per_step = metric in STEP_METRICS
-    for run in runs_metrics:
-        rows = group_metrics(run.get("metrics", [])).get(metric, [])
-        if not rows:
-            continue
-        fig.add_trace(
-            go.Scatter(
-                x=_xs(rows, x, per_step=per_step),
-                y=[r["value"] for r in rows],
-                name=f"#{run['id']} {run.get('name') or ''}".strip(),
-                mode="lines" if per_step else "lines+markers",
-                # plotly hides the legend of a lone trace: then nothing says whose line it is.
-                showlegend=True,
+    mode = "lines" if per_step else "lines+markers"
+    if group_by:
+        groups: dict[str, list[Mapping[str, Any]]] = {}
+        for run in runs_metrics:
+            groups.setdefault(group_label(run.get("config") or {}, group_by), []).append(run)
+        for i, (label, members) in enumerate(groups.items()):
+            by_x: dict[float, list[float]] = defaultdict(list)
+            for run in members:
+                xs, _, ys = _run_curve(run, metric, x, smoothing)
+                for px, py in zip(xs, ys):
+                    by_x[px].append(py)
+            if not by_x:
+                continue
+            xs = sorted(by_x)
+            color = PALETTE[i % len(PALETTE)]
+            name = f"{label} ({len(members)} run{'s' if len(members) > 1 else ''})"
+            # The band: the max line, then the min line filled up to it.
+            fig.add_trace(
+                go.Scatter(x=xs, y=[max(by_x[v]) for v in xs], mode="lines", line={"width": 0},
+                           legendgroup=label, showlegend=False, hoverinfo="skip")
+            )  # fmt: skip
+            fig.add_trace(
+                go.Scatter(x=xs, y=[min(by_x[v]) for v in xs], mode="lines", line={"width": 0},
+                           fill="tonexty", fillcolor=_rgba(color, 0.2), legendgroup=label,
+                           showlegend=False, hoverinfo="skip")
+            )  # fmt: skip
+            fig.add_trace(
+                go.Scatter(x=xs, y=[sum(by_x[v]) / len(by_x[v]) for v in xs], name=name,
+                           mode=mode if len(xs) > 1 else _line_mode(1), line={"color": color},
+                           legendgroup=label, showlegend=True)
+            )  # fmt: skip
+    else:
+        for i, run in enumerate(runs_metrics):
+            xs, raw, ys = _run_curve(run, metric, x, smoothing)
+            if not xs:
+                continue
+            color = PALETTE[i % len(PALETTE)]
+            name = f"#{run['id']} {run.get('name') or ''}".strip()
+            if smoothing:
+                fig.add_trace(
+                    go.Scatter(x=xs, y=raw, mode="lines", line={"color": _rgba(color, 0.25)},
+                               legendgroup=name, showlegend=False, hoverinfo="skip")
+                )  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    name=name,
+                    mode=mode if len(xs) > 1 else _line_mode(1),
+                    line={"color": color},
+                    legendgroup=name,
+                    # plotly hides the legend of a lone trace: then nothing says whose line it is.
+                    showlegend=True,
+                )
             )
-        )
     _note_if_empty(fig, f"None of these runs logged {metric}.")
-    return _layout(fig, metric, x, metric)
+    fig = _layout(fig, metric, x, metric)
+    if log_y and fig.data:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+# Keys that name or describe a run rather than set how it trains.
+NOT_PARAMETERS = ("name",)
+
+
+def _format_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def log_scaled(values: Iterable[Any]) -> bool:
+    """Whether numbers read better on a log axis: positive ones spanning at least a decade
+    (lr 0.01 vs 0.001; weight_decay 0, 1e-4, 1e-2: zeros get a place of their own)."""
+    positive = [float(v) for v in values if _is_number(v) and float(v) > 0]
+    return len(positive) >= 2 and max(positive) / min(positive) >= 10
+
+
+def _log_axis(values: Sequence[float]) -> tuple[list[float], list[float], list[str]]:
+    """(log10 of the values, tick positions, tick labels of the real values): zeros sit a
+    decade below the smallest positive value, labelled 0."""
+    floor = math.log10(min(v for v in values if v > 0)) - 1
+    logs = [math.log10(v) if v > 0 else floor for v in values]
+    distinct = sorted(set(values))
+    ticks = [math.log10(v) if v > 0 else floor for v in distinct]
+    return logs, ticks, [_format_value(v) for v in distinct]
+
+
+def parameter_kinds(configs: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """{key: "log" | "linear" | "category"} of the config keys that differ between runs, in
+    config order: numbers (log when log_scaled), text and booleans as categories. Lists and
+    dicts are left out. When nothing differs, every numeric key is kept so a chart has axes."""
+    keys: list[str] = []
+    for config in configs:
+        keys += [k for k in config if k not in keys and k not in NOT_PARAMETERS]
+    kinds: dict[str, str] = {}
+    for key in keys:
+        values = [c.get(key) for c in configs]
+        if any(isinstance(v, (list, dict)) for v in values):
+            continue
+        if all(_is_number(v) and not isinstance(v, bool) for v in values):
+            kinds[key] = "log" if log_scaled(values) else "linear"
+        else:
+            kinds[key] = "category"
+    varying = {
+        k: kind for k, kind in kinds.items() if len({_format_value(c.get(k)) for c in configs}) > 1
+    }
+    return varying or {k: kind for k, kind in kinds.items() if kind != "category"}
 
 
 def numeric_parameters(configs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Config keys that are numbers (or booleans) in every config and differ between them.
-
-    When none differ, every numeric key is returned, so the chart still has axes.
-    """
-    if not configs:
-        return []
-    keys = [k for k in configs[0] if all(_is_number(c.get(k)) for c in configs)]
-    varying = [k for k in keys if len({float(c[k]) for c in configs}) > 1]
-    return varying or keys
+    """Config keys that are numbers in every config and differ between them (all numeric
+    keys when none differ)."""
+    return [k for k, kind in parameter_kinds(configs).items() if kind != "category"]
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
 
 
+def _dimension(key: str, kind: str, values: Sequence[Any]) -> dict[str, Any]:
+    """A parcoords dimension; plotly has no log or category axes there, so both are drawn
+    as numbers (log10, category index) with tick labels of the real values."""
+    if kind == "category":
+        labels = [_format_value("—" if v is None else v) for v in values]
+        order = sorted(set(labels))
+        return {
+            "label": key,
+            "values": [order.index(v) for v in labels],
+            "tickvals": list(range(len(order))),
+            "ticktext": order,
+        }
+    numbers = [float(v) for v in values]
+    if kind == "log":
+        logs, ticks, text = _log_axis(numbers)
+        return {"label": f"{key} (log)", "values": logs, "tickvals": ticks, "ticktext": text}
+    return {"label": key, "values": numbers}
+
+
 def parallel_coordinates(runs: Sequence[Mapping[str, Any]], metric: str = "metric") -> go.Figure:
-    """Numeric parameters of each run against its final metric, one line per run.
+    """The parameters that differ between runs against their metric, one line per run:
+    numbers (lr-like keys on a log axis), text settings (optimizer) and switches as
+    categories.
 
     runs: [{"id", "config": {...}, "value": final metric or None}]; runs without a value are
     left out. The last axis is the metric; lines are coloured by it.
     """
     scored = [r for r in runs if _finite(r.get("value"))]
-    params = numeric_parameters([r["config"] for r in scored])
+    kinds = parameter_kinds([r["config"] for r in scored])
     dimensions = [
-        {"label": key, "values": [float(r["config"][key]) for r in scored]} for key in params
+        _dimension(key, kind, [r["config"].get(key) for r in scored]) for key, kind in kinds.items()
     ]
     values = [float(r["value"]) for r in scored]
     dimensions.append({"label": metric, "values": values})
@@ -279,6 +449,43 @@ def parallel_coordinates(runs: Sequence[Mapping[str, Any]], metric: str = "metri
         height=HEIGHT + 60,
         margin={"l": 60, "r": 60, "t": 80, "b": 30},
     )
+    return fig
+
+
+def parameter_scatter(
+    runs: Sequence[Mapping[str, Any]], parameter: str, metric: str = "metric"
+) -> go.Figure:
+    """One point per run: its `parameter` (a config key) against its metric value.
+
+    runs as for parallel_coordinates. Text settings go on a category axis, lr-like numbers
+    on a log axis.
+    """
+    scored = [r for r in runs if _finite(r.get("value"))]
+    xs = [r["config"].get(parameter) for r in scored]
+    numeric = all(_is_number(v) and not isinstance(v, bool) for v in xs)
+    fig = go.Figure()
+    if scored:
+        fig.add_trace(
+            go.Scatter(
+                x=xs if numeric else ["—" if v is None else _format_value(v) for v in xs],
+                y=[float(r["value"]) for r in scored],
+                mode="markers+text",
+                text=[f"#{r['id']}" for r in scored],
+                textposition="top center",
+                marker={"size": 10},
+                hovertemplate="%{text}<br>" + parameter + " %{x}<br>" + metric + " %{y}"
+                "<extra></extra>",
+                name=metric,
+            )
+        )
+    _note_if_empty(fig, f"No run has a {metric} value yet.")
+    fig = _layout(fig, f"{metric} against {parameter}", parameter, metric)
+    fig.update_layout(hovermode="closest")
+    if fig.data:
+        if not numeric:
+            fig.update_xaxes(type="category")
+        elif log_scaled(xs) and all(float(v) > 0 for v in xs):
+            fig.update_xaxes(type="log")
     return fig
 
 

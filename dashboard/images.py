@@ -49,6 +49,19 @@ def draw_boxes(
     return out
 
 
+def detections_above(
+    pred: dict, threshold: float
+) -> tuple[list[Sequence[float]], list[int], list[float]]:
+    """(boxes, labels, scores) of one image's detections scored at least `threshold`, the
+    threshold compared as given (rounding it would hide detections scored just below)."""
+    keep = [k for k, s in enumerate(pred["scores"]) if s >= threshold]
+    return (
+        [pred["boxes"][k] for k in keep],
+        [pred["labels"][k] for k in keep],
+        [pred["scores"][k] for k in keep],
+    )
+
+
 def upscale(image: Image.Image, min_side: int = 160) -> Image.Image:
     """Small images (32 px digits) enlarged without blur, so the gallery is readable."""
     side = min(image.size)

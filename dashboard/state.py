@@ -23,6 +23,10 @@ from engine.run_folder import RunFolder
 
 
 ROUTED = "vb_routed"
+# Confidence sliders start at a run's threshold exactly (a best-F1 0.4171 rounded up to 0.42
+# hid every detection at it): a fine step, and a format that shows the value unrounded.
+THRESHOLD_STEP = 0.0001
+THRESHOLD_FORMAT = "%.4f"
 
 
 def draw_frame() -> None:
@@ -164,6 +168,39 @@ def progress(run: dict[str, Any]) -> tuple[int, int]:
         done = summary.get("epoch", done) or 0
     total = summary.get("epochs") or config.get("epochs") or 0
     return int(done), int(total)
+
+
+def step_progress(run: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(epoch under way, its step, steps per epoch) of a running run once the trainer has
+    flushed a step (engine.metric_log), else None."""
+    summary = run.get("summary") or {}
+    per_epoch, step = summary.get("steps_per_epoch"), summary.get("epoch_step")
+    if run.get("status") != "running" or not per_epoch or not step:
+        return None
+    return int(summary.get("current_epoch") or 1), int(step), int(per_epoch)
+
+
+def progress_share(run: dict[str, Any]) -> float:
+    """The share of the epoch limit done, counting the steps of the epoch under way."""
+    epoch, epochs = progress(run)
+    if not epochs:
+        return 0.0
+    steps = step_progress(run)
+    if steps:
+        current, step, per_epoch = steps
+        return min(1.0, ((current - 1) * per_epoch + step) / (epochs * per_epoch))
+    return min(1.0, epoch / epochs)
+
+
+def progress_text(run: dict[str, Any]) -> str:
+    """ "2 / 3", or "1 / 3 · step 5 / 40" while an epoch is under way."""
+    epoch, epochs = progress(run)
+    if not epochs:
+        return ""
+    steps = step_progress(run)
+    if steps:
+        return f"{steps[0]} / {epochs} · step {steps[1]} / {steps[2]}"
+    return f"{epoch} / {epochs}"
 
 
 def metric_label(run: dict[str, Any]) -> str:

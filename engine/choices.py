@@ -56,6 +56,9 @@ class TaskInfo:
     models: tuple[str, ...]  # offered by the form and pulled by `weights pull`
     any_timm_model: bool  # whether a model outside `models` may be named (any timm name)
     description: str
+    # This task's defaults over RunConfig's, for keys a config file, `--set` or the form leaves
+    # unset: a detector at 800x1333 needs a far smaller batch than a 380 px classifier.
+    task_defaults: tuple[tuple[str, Any], ...] = ()
 
 
 TASKS = _registry(
@@ -79,6 +82,7 @@ TASKS = _registry(
         ),
         any_timm_model=False,
         description="boxes around objects",
+        task_defaults=(("batch_size", 4), ("epochs", 20)),
     ),
 )
 

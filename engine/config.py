@@ -71,6 +71,16 @@ def _gamma_defaults() -> str:
     return ", ".join(f"{s.name}: {s.default_gamma:g}" for s in cutting)
 
 
+def _task_default(key: str, default: Any) -> str:
+    """How the config table shows a default some task overrides, e.g. "32 (detection: 4)"."""
+    others = [
+        f"{t.name}: {dict(t.task_defaults)[key]}"
+        for t in choices.TASKS.values()
+        if key in dict(t.task_defaults)
+    ]
+    return f"{default} ({', '.join(others)})" if others else str(default)
+
+
 @dataclass
 class RunConfig:
     # Data
@@ -189,12 +199,18 @@ class RunConfig:
         32,
         "Optimization",
         "Images per step on EACH device: the global batch is batch size × processes. A bigger "
-        "batch trains faster but needs more device memory.",
+        "batch trains faster but needs more device memory. Left unset, detection uses 4.",
         minimum=1,
         maximum=4096,
+        shown_default=_task_default("batch_size", 32),
     )
     epochs: int = _key(
-        50, "Optimization", "Upper limit on the number of epochs.", minimum=1, maximum=10000
+        50,
+        "Optimization",
+        "Upper limit on the number of epochs. Left unset, detection uses 20.",
+        minimum=1,
+        maximum=10000,
+        shown_default=_task_default("epochs", 50),
     )
     num_workers: int = _key(
         2,
@@ -383,6 +399,10 @@ class RunConfig:
                 kwargs[key] = _coerce(known[key], value)
             except ValueError as exc:
                 errors.append(FieldError(key, value, str(exc)))
+        task = kwargs.get("task", known["task"].default)
+        if task in choices.TASKS:  # an unknown task is reported by errors() below
+            for key, value in choices.TASKS[task].task_defaults:
+                kwargs.setdefault(key, value)
         cfg = cls(**kwargs)
         errors += cfg.errors()
         if errors:

@@ -5,6 +5,10 @@ carries the cancel flag and the next interval, so every process stops at the sam
 deadlock) and none waits on another in between. The main process picks the interval from the
 measured step time, so a check (and a flush) comes about every FLUSH_SECONDS. Step losses stay
 on the device as detached tensors until a flush turns them into numbers in one host sync.
+
+Each flush after new steps also writes the progress a reader needs from the first step on
+(epoch_step of steps_per_epoch, images_per_second, eta_seconds and eta_at), from the step
+timing measured since the epoch began and the time the last evaluation took.
 """
 
 from __future__ import annotations
@@ -50,6 +54,45 @@ class MetricLog:
         self.interval = 1  # check after the first step: the step time is not known before it
         self.steps_since_check = 0
         self.last_check = self.last_flush = clock()
+        self.plan: dict[str, int] = {}  # steps_per_epoch, images_per_step, epochs (plan_run)
+        self.epoch_start: tuple[float, int] | None = None  # (clock, global step) of this epoch
+        self.last_step_time: float | None = None
+        self.evaluated_epoch = 0  # the last epoch whose values record_epoch wrote
+        self.seconds_between_epochs = 0.0  # evaluation and checkpoint: measured from epoch 2
+
+    # -- timing ---------------------------------------------------------------------------
+    def plan_run(self, steps_per_epoch: int, images_per_step: int, epochs: int) -> None:
+        """What the progress is counted against (the trainer's set-up, once)."""
+        self.plan = {
+            "steps_per_epoch": steps_per_epoch,
+            "images_per_step": images_per_step,
+            "epochs": epochs,
+        }
+
+    def start_epoch(self, epoch: int, step: int) -> None:
+        """The epoch's first step is about to run (`step` steps done before it)."""
+        now = self.clock()
+        if self.last_step_time is not None:
+            self.seconds_between_epochs = now - self.last_step_time
+        self.epoch_start = (now, step)
+        self.evaluated_epoch = max(self.evaluated_epoch, epoch - 1)
+
+    def timing(self, step: int) -> dict[str, float]:
+        """Images per second and the time left, from this epoch's measured steps (empty
+        before the first step is done)."""
+        if not self.plan or self.epoch_start is None or step <= self.epoch_start[1]:
+            return {}
+        # Up to the last step, not now: a flush after the evaluation must not count it as steps.
+        last = self.last_step_time if self.last_step_time is not None else self.clock()
+        seconds_per_step = (last - self.epoch_start[0]) / (step - self.epoch_start[1])
+        steps_left = max(0, self.plan["epochs"] * self.plan["steps_per_epoch"] - step)
+        evaluations_left = max(0, self.plan["epochs"] - self.evaluated_epoch)
+        return {
+            "images_per_second": self.plan["images_per_step"] / max(seconds_per_step, 1e-9),
+            "eta_seconds": steps_left * seconds_per_step
+            + evaluations_left * self.seconds_between_epochs,
+            "eta_at": time.time(),  # the dashboard counts down from here between flushes
+        }
 
     # -- metrics ------------------------------------------------------------------------
     def record_step(self, step: int, epoch: int, values: dict[str, Any]) -> None:
@@ -57,8 +100,15 @@ class MetricLog:
         step, as it counts towards the next check."""
         if self.main:
             self.pending.append((step, epoch, values))
+            self.last_step_time = self.clock()
             # The summary's progress: `epoch` is the last finished one.
             self.progress = {"epoch": epoch - 1, "step": step, "current_epoch": epoch}
+            if self.plan:
+                per_epoch = self.plan["steps_per_epoch"]
+                self.progress |= {
+                    "steps_per_epoch": per_epoch,
+                    "epoch_step": step - (epoch - 1) * per_epoch,
+                }
         self.steps_since_check += 1
         if self.steps_since_check >= self.interval:
             self.check()
@@ -69,6 +119,8 @@ class MetricLog:
         the epoch's checkpoint first, so a cancel never throws a finished epoch away)."""
         if self.main:
             self.pending.append((step, epoch, values))
+            self.evaluated_epoch = epoch
+            self.progress = {"step": step} | self.progress  # the time left, without the eval
         if check:
             self.check()
         else:
@@ -117,7 +169,8 @@ class MetricLog:
             store.add_metrics(self.db, self.run_id, step, epoch, values)
         self.pending.clear()
         if self.progress:
-            store.update_summary(self.db, self.run_id, **self.progress)
+            progress = self.progress | self.timing(self.progress["step"])
+            store.update_summary(self.db, self.run_id, **progress)
             self.progress = {}
         store.heartbeat(self.db, self.run_id)
 

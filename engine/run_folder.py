@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,22 @@ class RunFolder:
 
     def write_predictions(self, predictions: dict[str, Any], final: bool = False) -> None:
         write_json(self.final_predictions if final else self.predictions, predictions)
+
+
+def download_name(run_id: int, run_name: str | None, path: str | Path) -> str:
+    """The name a run file downloads under: `run-8-efficientnet_b0-on-digits.onnx` for
+    export/model.onnx of run 8 "efficientnet_b0 on digits" (every run's files are called
+    model.*, so a download folder would fill with model.onnx, model (1).onnx, ...).
+
+    The run name is reduced to letters, digits, "_", "." and "-" so that it is a file name on
+    every system; the file's own suffixes (".onnx", ".onnx.json") are kept.
+    """
+    name = Path(path).name
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", run_name or "").strip("-.")[:80].rstrip("-.")
+    stem = f"run-{int(run_id)}" + (f"-{slug}" if slug else "")
+    if name.startswith("model."):
+        return stem + name.removeprefix("model")
+    return f"{stem}-{name}"
 
 
 def read_card(path: str | Path) -> dict[str, Any]:

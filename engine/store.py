@@ -322,15 +322,17 @@ def list_runs(
     tag: str | None = None,
     search: str | None = None,
     limit: int | None = None,
+    user: str | None = None,
+    dataset: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Runs, newest first, filtered by status, task, model, tag and a name search (each
-    with `worker_gone`)."""
+    """Runs, newest first, filtered by status, task, model, tag, user, dataset and a name
+    search (each with `worker_gone`)."""
     where, args = [], []
     if status:
         statuses = [status] if isinstance(status, str) else list(status)
         where.append(f"status in ({','.join('?' * len(statuses))})")
         args += statuses
-    for col, value in (("task", task), ("model", model)):
+    for col, value in (("task", task), ("model", model), ("user", user), ("dataset", dataset)):
         if value:
             where.append(f"{col} = ?")
             args.append(value)
@@ -808,7 +810,24 @@ def queue_rerun(db, run_id: int, *, by: dict[str, Any]) -> int:
         raise RunNotFound(run_id)
     check_permission(by, "rerun", run["user"] or "", f"run {run_id}")
     check_action(run, "rerun")
-    return _queue_run(db, run["config"], run["name"], run["tags"], by, "rerun", {"of": run_id})
+    name = rerun_name(run["name"], run_id)
+    return _queue_run(db, run["config"], name, run["tags"], by, "rerun", {"of": run_id})
+
+
+RERUN_SUFFIX = re.compile(r" \(re-run of #\d+\)$")
+
+
+def rerun_name(name: str, run_id: int) -> str:
+    """ "<name> (re-run of #8)": the copy says where it came from (a re-run of a re-run names
+    its direct source once, not a growing chain)."""
+    return f"{RERUN_SUFFIX.sub('', name or '')} (re-run of #{run_id})".strip()
+
+
+def active_twins(db, config: dict[str, Any]) -> list[int]:
+    """Ids of queued or running runs with exactly this config: queueing it again is most
+    likely a double click, so the form asks first."""
+    rows = db.query("select id, config from runs where status in ('queued', 'running')")
+    return sorted(row["id"] for row in rows if json.loads(row["config"] or "{}") == config)
 
 
 def cancel_requested(db, run_id: int) -> bool:

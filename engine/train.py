@@ -16,7 +16,6 @@ import argparse
 import os
 import socket
 import sys
-import time
 import traceback
 
 import torch
@@ -98,6 +97,7 @@ class Trainer:
         self.loaders = dict(zip(loaders, prepared))
         self.train_loader = self.loaders["train"]
         self.schedule = create_schedule(cfg, self.optimizer, len(self.train_loader))
+        self.metric_log.plan_run(len(self.train_loader), cfg.batch_size * procs, cfg.epochs)
         self.metric_log.summary(
             stop_reason=None,  # a resumed run's earlier ending no longer holds
             final_test=None,
@@ -133,12 +133,11 @@ class Trainer:
             )
         if self.main:
             store.delete_metrics_after(self.db, self.run_id, self.state.epoch)
-        started, first_epoch = time.monotonic(), self.state.epoch + 1
         while (reason := self.stop_reason()) is None:
             epoch = self.state.epoch + 1
-            epoch_start = time.monotonic()
+            # Images/s and the ETA come from step timing, at every flush (engine.metric_log).
+            self.metric_log.start_epoch(epoch, self.state.step)
             values = self.train_epoch(epoch)
-            train_seconds = time.monotonic() - epoch_start
             split = self.task.eval_split
             scores, predictions = self.task.evaluate(
                 self.model, split, self.loaders[split], self.accelerator, self.metric_log.beat
@@ -167,8 +166,6 @@ class Trainer:
             self.metric_log.record_epoch(self.state.step, epoch, values, check=False)
             self.require_space(disk.checkpoint_bytes(self.model, self.optimizer))
             save_checkpoint(self.accelerator, self.folder, self.state, self.schedule)
-            per_epoch = (time.monotonic() - started) / (epoch - first_epoch + 1)
-            images = len(self.train_loader) * self.cfg.batch_size * self.accelerator.num_processes
             self.metric_log.summary(
                 epoch=epoch,
                 epochs_trained=epoch,
@@ -176,8 +173,6 @@ class Trainer:
                 best_metric=self.state.best,
                 best_epoch=self.state.best_epoch,
                 epochs_since_best=self.state.since_best,
-                images_per_second=images / max(train_seconds, 1e-9),
-                eta_seconds=per_epoch * (self.cfg.epochs - epoch),
                 last_metrics=values,
             )
             self.print(

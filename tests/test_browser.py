@@ -5,6 +5,7 @@ the run completes, re-runs it, and opens Compare with both. Screenshots go to th
 folder and to $VISIONBOARD_SCREENSHOTS when set.
 """
 
+import contextlib
 import getpass
 import os
 import re
@@ -262,6 +263,13 @@ def dashboard(tmp_path):
         ).resolved()
         runs[name] = store.create_run(db, config, name=f"{name}'s run", by=user)
     db.conn.close()
+    with run_dashboard(home, tmp_path) as url:
+        yield url, home, runs
+
+
+@contextlib.contextmanager
+def run_dashboard(home: Path, tmp_path: Path):
+    """The dashboard alone (`streamlit run`, as `serve` starts it) on a free port; its URL."""
     port = free_port()
     log = tmp_path / "dashboard.log"
     env = dict(os.environ, VISIONBOARD_HOME=str(home), VISIONBOARD_SAMPLES="0")
@@ -278,7 +286,7 @@ def dashboard(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc, log)
-        yield url, home, runs
+        yield url
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -366,3 +374,184 @@ def test_browser_two_users_see_each_others_runs_and_cancel_only_their_own(dashbo
     assert (by_id[runs["ada"]]["status"], by_id[runs["ada"]]["cancel_requested"]) == ("queued", 0)
     assert by_id[runs["bob"]]["status"] == "cancelled"
     assert (by_id[3]["user"], by_id[3]["status"]) == ("ada", "queued")
+
+
+# -- review in a browser: run pages, both reports, compare (issue #13) --------------------------
+
+TINY_CLASSIFIER = {
+    "model": "efficientnet_b0", "pretrained": False, "image_size": 32, "batch_size": 8,
+    "num_workers": 0, "seed": 1, "device": "cpu",
+}  # fmt: skip
+TINY_DETECTOR = {
+    "task": "detection", "model": "fasterrcnn_mobilenet_v3_large_320_fpn", "pretrained": False,
+    "min_size": 128, "max_size": 128, "batch_size": 2, "epochs": 1, "num_workers": 0,
+    "device": "cpu", "lr": 0.005, "optimizer": "sgd",
+}  # fmt: skip
+
+# Per chart on the page: how many points each trace shows. Read from plotly's resolved traces
+# (_fullData: modes filled in, typed arrays decoded). A line without markers needs two points
+# to draw anything (one point is an empty axis), so it counts as none.
+CHART_POINTS_JS = """
+els => els.map(el => {
+  const traces = (el._fullData || el.data || []).filter(t => t.visible === true);
+  const count = a => a ? Array.from(a).filter(v => v !== null && v !== undefined &&
+                                                   !(typeof v === 'number' && isNaN(v))).length : 0;
+  const points = traces.map(t => {
+    if (t.type === 'parcoords') {
+      const dims = t.dimensions || [];
+      return dims.length ? Math.min(...dims.map(d => count(d.values))) : 0;
+    }
+    if (t.type === 'heatmap') return count((t.z || []).flat());
+    const n = Math.max(count(t.y), count(t.x), count(t.values), count(t.r));
+    const mode = t.mode || '';
+    const lineOnly = t.type && t.type.startsWith('scatter') && mode && !/markers|text/.test(mode);
+    return lineOnly && n < 2 ? 0 : n;
+  });
+  const title = (el.layout && el.layout.title && el.layout.title.text) || '';
+  const axis = (el.layout && el.layout.yaxis && el.layout.yaxis.title &&
+                el.layout.yaxis.title.text) || '';
+  return {title: title || axis, points};
+})
+"""
+
+
+def wait_charts(page, at_least: int) -> None:
+    """Until `at_least` plotly charts are on the page, drawn, and the page stopped running."""
+    page.wait_for_function(
+        f"""() => {{
+            const els = document.querySelectorAll('.js-plotly-plot');
+            return els.length >= {at_least} && Array.from(els).every(el => el._fullData);
+        }}""",
+        timeout=60_000,
+    )
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=60_000)
+    page.wait_for_timeout(1000)  # a last rerun's charts
+
+
+def empty_charts(page) -> list[dict]:
+    charts_ = page.locator(".js-plotly-plot").evaluate_all(CHART_POINTS_JS)
+    assert charts_, "no chart on the page"
+    return [c for c in charts_ if not any(n > 0 for n in c["points"])]
+
+
+def shown_metrics(page) -> dict[str, str]:
+    """Every st.metric on the page: label (lower case) -> value as shown."""
+    rows = page.locator('[data-testid="stMetric"]').evaluate_all(
+        """els => els.map(el => [
+            (el.querySelector('[data-testid="stMetricLabel"]') || {}).innerText || '',
+            (el.querySelector('[data-testid="stMetricValue"]') || {}).innerText || ''])"""
+    )
+    return {label.strip().lower(): value.strip() for label, value in rows}
+
+
+@pytest.fixture(scope="module")
+def reviewed_runs(tmp_path_factory):
+    """Three finished tiny classification runs (different lr, one with a single epoch) and one
+    finished tiny detection run, trained in this process before the dashboard starts."""
+    from factories import ADMIN, found_every_box, write_detection_set, write_digits_imagefolder
+
+    from engine import train
+    from engine.detection_metrics import detection_metrics
+    from engine.run_folder import RunFolder
+
+    base = tmp_path_factory.mktemp("review")
+    home = base / "home"
+    digits = write_digits_imagefolder(base / "digits", per_class=8, classes=range(2), split=True)
+    boxes = write_detection_set(base / "boxes", "coco", n_images=10, canvas=96, classes=2)
+    db = store.connect(home)
+    configs = [
+        {**TINY_CLASSIFIER, "dataset": str(digits), "lr": lr, "epochs": epochs}
+        for lr, epochs in ((1e-3, 1), (3e-3, 2), (1e-2, 2))
+    ] + [{**TINY_DETECTOR, "dataset": str(boxes)}]
+    ids = [
+        store.create_run(db, RunConfig.from_dict(c).resolved(), name=f"review {k}", by=ADMIN)
+        for k, c in enumerate(configs)
+    ]
+    for run_id in ids:  # as the worker would: claim, train here, record the ending
+        store.claim_run(db, "review", run_id)
+        assert train.main(["--run-id", str(run_id), "--home", str(home)]) == 0
+        store.set_status(db, run_id, "completed", worker="review")
+    db.conn.close()
+    # The detector found every digit at a best-F1 threshold of 0.4171 (the issue's): a slider
+    # that rounds it up to 0.42 hides every detection.
+    folder = RunFolder(home, ids[3])
+    preds = found_every_box(folder.read_predictions(), score=0.4171, below=0.3)
+    folder.write_predictions(preds)
+    found = detection_metrics(preds["preds"], preds["targets"], len(preds["classes"]))
+    folder.write_card({**folder.read_card(), "threshold": found["threshold"]})
+    return home, ids[:3], ids[3]
+
+
+def test_browser_review_pages_show_data_at_their_default_settings(reviewed_runs, tmp_path):
+    """A reviewer opens a run, the detection report and Compare without touching a widget:
+    every chart has points, and the report's default confidence threshold (the run's own)
+    keeps the detections the run itself counted."""
+    from playwright.sync_api import sync_playwright
+
+    from engine.detection_metrics import detection_report
+    from engine.run_folder import RunFolder
+
+    executable = chromium_or_skip()
+    home, classifiers, detector = reviewed_runs
+    folder = RunFolder(home, detector)
+    threshold = folder.read_card()["threshold"]
+    preds = folder.read_predictions()
+    # What the report must show at the run's own threshold, computed at full precision.
+    expected = detection_report(
+        preds["preds"], preds["targets"], preds["classes"], score_threshold=threshold
+    )
+    assert expected["f1"] > 0, expected  # else the report's numbers below prove nothing
+    found = sum(s >= threshold for p in preds["preds"] for s in p["scores"])
+    errors = []
+    with run_dashboard(home, tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            # A classification run: its curves and its report's charts all have points.
+            page.goto(url + f"/run?run={classifiers[0]}")
+            page.get_by_role("heading", name=re.compile(rf"^#{classifiers[0]} ")).wait_for(
+                timeout=60_000
+            )
+            wait_charts(page, 2)
+            screenshot(page, tmp_path, "review-classification-run")
+            assert not empty_charts(page), empty_charts(page)
+
+            # The detection run: charts have points, and the report at its default threshold
+            # does not hide every detection.
+            page.goto(url + f"/run?run={detector}")
+            page.get_by_role("heading", name=re.compile(rf"^#{detector} ")).wait_for(timeout=60_000)
+            wait_charts(page, 2)
+            screenshot(page, tmp_path, "review-detection-run")
+            assert not empty_charts(page), empty_charts(page)
+            shown = shown_metrics(page)
+            for name in ("precision", "recall", "f1"):
+                # The report's own number, not the run's "Best f1" above it.
+                label = next((k for k in shown if k == name), None)
+                assert label, f"no {name} metric on the detection report: {shown}"
+                if expected[name] > 0:
+                    assert float(shown[label]) > 0, (name, shown, expected[name], threshold)
+            page.get_by_role("tab", name=re.compile("gallery", re.I)).first.click()
+            panel = page.locator('[role="tabpanel"]:visible').first
+            page.wait_for_timeout(1000)
+            screenshot(page, tmp_path, "review-detection-gallery")
+            text = panel.inner_text()
+            predicted = [int(n) for n in re.findall(r"(\d+) predicted", text)]
+            if found:
+                assert sum(predicted) > 0, (text, found, threshold)
+            else:
+                assert re.search(r"\bno\b|\bnone\b|0 predicted", text, re.I), text
+
+            # Compare with the three classification runs: every chart has points.
+            page.goto(url + "/compare?runs=" + ",".join(map(str, classifiers)))
+            page.get_by_role("heading", name="Compare runs").wait_for(timeout=60_000)
+            wait_charts(page, 3)
+            screenshot(page, tmp_path, "review-compare")
+            assert not empty_charts(page), empty_charts(page)
+            assert not page.locator('[data-testid="stException"]').count()
+        except Exception:
+            screenshot(page, tmp_path, "review-at-failure")
+            raise
+        finally:
+            browser.close()
+    assert not errors, errors

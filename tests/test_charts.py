@@ -81,6 +81,17 @@ def test_lr_figure_plots_every_step_and_shades_the_warmup():
     assert not charts.lr_figure(metrics, warmup=False).layout.shapes
 
 
+def test_a_first_step_alone_is_drawn_as_a_point():
+    # One logged step drew as a line of one point: nothing, on an empty axis from -1 to 1.
+    first = rows("train_loss_step", [2.3], per_step=True) + rows("lr", [1e-4], per_step=True)
+    for x in ("step", "epoch"):
+        loss = trace(charts.loss_figure(first, x=x), "train loss (step)")
+        lr = trace(charts.lr_figure(first, x=x), "learning rate")
+        assert "markers" in loss.mode and "markers" in lr.mode
+    many = rows("lr", [1e-4, 2e-4], per_step=True)
+    assert trace(charts.lr_figure(many), "learning rate").mode == "lines"
+
+
 def test_empty_charts_say_why_they_are_blank():
     # During the first epoch the metric chart had only step rows: it drew a bare grid.
     first_steps = rows("train_loss_step", [2.3, 2.2], per_step=True) + rows(
@@ -111,30 +122,151 @@ def test_compare_figure_overlays_one_line_per_run():
     assert [t.name for t in lone.data] == ["#3 c"] and lone.data[0].showlegend is True
     assert list(fig.data[1].y) == [0.3, 0.4, 0.5]
     assert list(fig.data[1].x) == [1, 2, 3]
+    # A run with one point so far is marked, not an empty axis (per-step curves are lines).
+    one = [{"id": 4, "name": "d", "metrics": rows("train_loss_step", [0.7])}]
+    for group_by in (None, "optimizer"):
+        one[0]["config"] = {"optimizer": "adam"}
+        lone = charts.compare_figure(one, "train_loss_step", x="step", group_by=group_by)
+        assert "markers" in lone.data[-1].mode
 
 
-def test_parallel_coordinates_uses_varying_numeric_parameters_and_the_metric():
+def test_parallel_coordinates_draws_text_settings_and_lr_on_a_log_axis():
     runs = [
-        {"id": 1, "config": {"lr": 0.1, "epochs": 5, "model": "b0", "warmup": True}, "value": 0.7},
+        {
+            "id": 1,
+            "config": {"lr": 0.1, "epochs": 5, "optimizer": "sgd", "warmup": True},
+            "value": 0.7,
+        },
         {
             "id": 2,
-            "config": {"lr": 0.01, "epochs": 5, "model": "b4", "warmup": False},
+            "config": {"lr": 0.001, "epochs": 5, "optimizer": "adam", "warmup": False},
             "value": 0.9,
         },
-        {"id": 3, "config": {"lr": 0.5, "epochs": 5, "model": "b0", "warmup": True}, "value": None},
+        {
+            "id": 3,
+            "config": {"lr": 0.5, "epochs": 5, "optimizer": "sgd", "warmup": True},
+            "value": None,
+        },
     ]
     fig = charts.parallel_coordinates(runs, "roc_auc")
     dims = fig.data[0].dimensions
-    assert [d.label for d in dims] == ["lr", "warmup", "roc_auc"]
-    assert list(dims[0]["values"]) == [0.1, 0.01]  # run 3 has no metric: left out
+    assert [d.label for d in dims] == ["lr (log)", "optimizer", "warmup", "roc_auc"]
+    # lr spans two decades: log10 values, ticks labelled with the real ones.
+    assert list(dims[0]["values"]) == pytest.approx([-1, -3])  # run 3 has no metric: left out
+    assert list(dims[0]["ticktext"]) == ["0.001", "0.1"]
+    assert list(dims[0]["tickvals"]) == pytest.approx([-3, -1])
+    # Text settings are categories: an index per run, the names as tick labels.
+    assert list(dims[1]["ticktext"]) == ["adam", "sgd"]
+    assert list(dims[1]["values"]) == [1, 0]
+    assert list(dims[2]["ticktext"]) == ["False", "True"]
     assert list(dims[-1]["values"]) == [0.7, 0.9]
     assert list(fig.data[0].line.color) == [0.7, 0.9]
+
+
+def test_parameter_kinds_puts_lr_like_keys_on_a_log_axis_zeros_included():
+    configs = [
+        {"name": "a", "lr": 0.01, "weight_decay": 0.0, "momentum": 0.9, "batch_size": 16},
+        {"name": "b", "lr": 0.002, "weight_decay": 1e-4, "momentum": 0.8, "batch_size": 64},
+        {"name": "c", "lr": 0.005, "weight_decay": 1e-2, "momentum": 0.9, "batch_size": 32},
+    ]
+    # The run's name is not a parameter; lr spans less than a decade, weight_decay more.
+    assert charts.parameter_kinds(configs) == {
+        "lr": "linear",
+        "weight_decay": "log",
+        "momentum": "linear",
+        "batch_size": "linear",
+    }
+    fig = charts.parallel_coordinates(
+        [{"id": i, "config": c, "value": 0.5} for i, c in enumerate(configs)]
+    )
+    decay = fig.data[0].dimensions[1]
+    # weight_decay 0 sits a decade below the smallest positive value, labelled 0.
+    assert list(decay["values"]) == pytest.approx([-5, -4, -2])
+    assert list(decay["ticktext"]) == ["0", "0.0001", "0.01"]
 
 
 def test_numeric_parameters_keeps_all_when_nothing_varies():
     configs = [{"lr": 0.1, "name": "x"}, {"lr": 0.1, "name": "y"}]
     assert charts.numeric_parameters(configs) == ["lr"]
     assert charts.numeric_parameters([]) == []
+
+
+def test_smooth_ema_is_debiased_and_zero_weight_is_the_identity():
+    assert charts.smooth_ema([1.0, 2.0, 3.0], 0) == [1.0, 2.0, 3.0]
+    smoothed = charts.smooth_ema([1.0, 1.0, 1.0, 5.0], 0.9)
+    assert smoothed[:3] == pytest.approx([1.0, 1.0, 1.0])  # not pulled towards 0 at the start
+    assert 1.0 < smoothed[3] < 5.0
+    with pytest.raises(ValueError, match="smoothing"):
+        charts.smooth_ema([1.0], 1.0)
+
+
+def test_compare_figure_smooths_groups_and_logs():
+    runs = [
+        {
+            "id": 1,
+            "name": "a",
+            "config": {"optimizer": "sgd"},
+            "metrics": rows("test_f1", [0.1, 0.3]),
+        },
+        {
+            "id": 2,
+            "name": "b",
+            "config": {"optimizer": "sgd"},
+            "metrics": rows("test_f1", [0.3, 0.5]),
+        },
+        {"id": 3, "name": "c", "config": {"optimizer": "adam"}, "metrics": rows("test_f1", [0.9])},
+    ]
+    smooth = charts.compare_figure(runs, "test_f1", smoothing=0.5)
+    line = trace(smooth, "#1 a")
+    assert list(line.y) == pytest.approx(charts.smooth_ema([0.1, 0.3], 0.5))
+    raw = [t for t in smooth.data if t.legendgroup == "#1 a" and not t.showlegend]
+    assert list(raw[0].y) == [0.1, 0.3]  # the raw curve stays, faint
+    grouped = charts.compare_figure(runs, "test_f1", group_by="optimizer")
+    mean = trace(grouped, "optimizer=sgd (2 runs)")
+    assert list(mean.y) == pytest.approx([0.2, 0.4])
+    band = [t for t in grouped.data if t.legendgroup == "optimizer=sgd" and not t.showlegend]
+    assert [list(t.y) for t in band] == [[0.3, 0.5], [0.1, 0.3]]  # max, then min filled to it
+    assert band[1].fill == "tonexty"
+    assert list(trace(grouped, "optimizer=adam (1 run)").y) == [0.9]
+    assert charts.compare_figure(runs, "test_f1", log_y=True).layout.yaxis.type == "log"
+    assert charts.compare_figure(runs, "test_f1").layout.yaxis.type != "log"
+
+
+def test_parameter_scatter_any_parameter_against_the_metric():
+    runs = [
+        {"id": 1, "config": {"lr": 0.1, "optimizer": "sgd"}, "value": 0.7},
+        {"id": 2, "config": {"lr": 0.001, "optimizer": "adam"}, "value": 0.9},
+        {"id": 3, "config": {"lr": 0.01, "optimizer": "adam"}, "value": None},
+    ]
+    fig = charts.parameter_scatter(runs, "lr", "roc_auc")
+    assert list(fig.data[0].x) == [0.1, 0.001] and list(fig.data[0].y) == [0.7, 0.9]
+    assert list(fig.data[0].text) == ["#1", "#2"]
+    assert fig.layout.xaxis.type == "log"
+    text = charts.parameter_scatter(runs, "optimizer", "roc_auc")
+    assert list(text.data[0].x) == ["sgd", "adam"] and text.layout.xaxis.type == "category"
+    assert charts.parameter_scatter([runs[2]], "lr").layout.annotations  # says why it is empty
+
+
+def test_metric_figure_puts_log_loss_on_its_own_axis():
+    metrics = rows("test_accuracy", [0.5, 0.6]) + rows("test_log_loss", [10.4, 8.0])
+    fig = charts.metric_figure(metrics, "accuracy")
+    assert trace(fig, "log_loss").yaxis == "y2"
+    assert trace(fig, "accuracy").yaxis in (None, "y")
+    assert fig.layout.yaxis2.overlaying == "y" and fig.layout.yaxis2.title.text == "log_loss"
+    plain = charts.metric_figure(rows("test_accuracy", [0.5]), "accuracy")
+    assert "yaxis2" not in plain.layout.to_plotly_json()
+
+
+def test_legends_sit_above_the_plot_clear_of_the_axis_titles():
+    runs = [{"id": i, "name": "r", "metrics": rows("test_f1", [0.1, 0.2])} for i in (1, 2)]
+    for fig in (
+        charts.compare_figure(runs, "test_f1"),
+        charts.metric_figure(rows("test_f1", [0.2]) + rows("test_log_loss", [3.0])),
+        charts.loss_figure(rows("train_loss", [1.0]) + rows("test_loss", [1.2])),
+    ):
+        legend = fig.layout.legend
+        # Below the plot (y < 0) it covered the x axis title; at the left, the y axis title.
+        assert legend.y >= 1 and legend.yanchor == "bottom"
 
 
 def test_confusion_figure_counts_and_normalised_with_detection_labels():

@@ -265,3 +265,14 @@ def test_field_info_covers_every_key_with_group_and_help():
         "mixed_precision",
     ):
         assert info[key]["group"] and info[key]["help"], key
+
+
+def test_detection_fills_its_own_batch_and_epochs_when_left_unset():
+    # A detector at 800x1333 with RunConfig's classification batch of 32 does not fit a CPU or
+    # a small GPU: left unset, detection takes its task's defaults; set, the value holds.
+    det = RunConfig.from_dict({"task": "detection", "dataset": "d"})
+    assert (det.batch_size, det.epochs) == (4, 20)
+    chosen = RunConfig.from_dict({"task": "detection", "dataset": "d", "batch_size": 32})
+    assert (chosen.batch_size, chosen.epochs) == (32, 20)
+    cls = RunConfig.from_dict({"dataset": "d"})
+    assert (cls.batch_size, cls.epochs) == (32, 50)

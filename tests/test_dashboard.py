@@ -381,6 +381,22 @@ def test_new_run_form_detection_task_changes_models_and_metrics(home, dataset):
     assert {"cfg_min_size", "cfg_max_size"} <= shown and "cfg_image_size" not in shown
 
 
+def test_new_run_form_proposes_detection_defaults_and_warns_of_memory(home, dataset):
+    # Batch 32 at 800x1333 for 50 epochs was proposed for a detector, with no word on memory.
+    at = open_page("new_run")
+    at.selectbox(key="cfg_task").set_value("detection").run()
+    assert at.number_input(key="cfg_batch_size").value == 4
+    assert at.number_input(key="cfg_epochs").value == 20
+    assert not any("GB" in w.value for w in at.warning)
+    assert any("roughly 6 GB" in c.value for c in at.caption)
+    at.number_input(key="cfg_batch_size").set_value(32).run()
+    assert any("roughly 48 GB" in w.value for w in at.warning)
+    # Classification keeps RunConfig's defaults.
+    at.selectbox(key="cfg_task").set_value("classification").run()
+    assert at.number_input(key="cfg_batch_size").value == RunConfig().batch_size == 32
+    assert at.number_input(key="cfg_epochs").value == RunConfig().epochs == 50
+
+
 def test_new_run_form_lists_the_datasets_of_the_task_and_sends_no_hidden_key(home, db, dataset):
     boxes = write_detection_set(home / "data" / "boxes", "coco")
     store.register_dataset(db, "boxes", str(boxes), "coco", "detection", by=store.SERVER_USER)
@@ -418,6 +434,22 @@ def test_new_run_form_starts_from_a_past_run(home, db, dataset):
     # ?from=ID (the run page's "Edit and re-run") does the same.
     at = open_page("new_run", query={"from": str(old)})
     assert at.number_input(key="cfg_epochs").value == 7
+    # ...and says so: the box named "a fresh config" while the form held the run's.
+    assert at.selectbox(key="start_from").value == old
+
+
+def test_new_run_form_asks_before_queueing_a_config_twice(home, db, dataset):
+    at = fill_tiny_run(open_page("new_run"))
+    at.button(key="queue_run").click().run()
+    first = store.list_runs(db)[0]["id"]
+    at = fill_tiny_run(open_page("new_run"))
+    at.button(key="queue_run").click().run()
+    assert not at.exception
+    assert len(store.list_runs(db)) == 1  # held back, with a word on why
+    assert any(f"#{first}" in w.value for w in at.warning)
+    assert at.button(key="queue_run").label == "Queue anyway"
+    at.button(key="queue_run").click().run()
+    assert len(store.list_runs(db)) == 2
 
 
 def test_new_run_preview_shows_augmented_samples(home, dataset):
@@ -575,6 +607,26 @@ def test_run_page_labels_elapsed_time_as_such_before_the_first_eta(home, db, dat
     assert {m.label: m.value for m in at.metric}["ETA"] == "1m 30s"
 
 
+def test_run_page_and_table_show_step_progress_speed_and_a_live_eta(home, db, dataset):
+    # A slow run read "Epoch 0 · step 0" with no ETA nor images/s after 5 logged steps.
+    import time
+
+    run_id = seed_run(db, dataset, status="running", epochs=50, steps=40)
+    store.update_summary(
+        db, run_id, epoch=0, current_epoch=1, epoch_step=5, steps_per_epoch=40,
+        images_per_second=2.5, eta_seconds=600.0, eta_at=time.time() - 60,
+    )  # fmt: skip
+    at = open_page("run", query={"run": str(run_id)})
+    assert at.get("progress")[0].proto.text == "Epoch 1 of 50 · step 5 of 40"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images / s"] == "2.5"
+    # Counted down from the trainer's last estimate, not frozen at it.
+    assert metrics["ETA"] in ("9m 00s", "8m 59s")
+    rows = table(open_page("runs"), "runs_table").set_index("id")
+    assert rows.loc[run_id, "epoch"] == "1 / 50 · step 5 / 40"
+    assert rows.loc[run_id, "progress"] == pytest.approx(5 / 2000)
+
+
 def test_run_page_lines_up_only_the_actions_that_apply(home, db, dataset):
     # Fixed slots left a gap where Cancel or Resume did not apply: Re-run floated mid-page.
     def first_actions(run_id):
@@ -691,6 +743,87 @@ def test_run_page_classification_report(home, db, dataset):
     assert z[0] == [0.5, 0.5, 0.0]
 
 
+def test_run_page_summary_card_replaces_the_raw_json(home, db, dataset):
+    run_id = seed_run(db, dataset)
+    store.update_summary(
+        db,
+        run_id,
+        train_images=12,
+        val_images=0,
+        test_images=3,
+        classes=["0", "1", "2"],
+        trainable_params=1500,
+        total_params=3000,
+        images_per_second=42.25,
+    )
+    at = open_page("run", query={"run": str(run_id)})
+    card = " ".join(m.value for m in at.get("markdown") if m.value.startswith("**"))
+    for fact in (
+        "**Best roc_auc (test)**: 0.8000 at epoch 3",
+        "**Stop reason**: epoch limit after 3 epoch(s)",
+        f"**Dataset**: {dataset}",
+        "**Images**: 12 train / 0 val / 3 test",
+        "**Classes**: 3: 0, 1, 2",
+        "**Trainable parameters**: 1,500 of 3,000 (50%)",
+        "**Images / s**: 42.2",
+    ):
+        assert fact in card
+    raw = [e for e in at.expander if e.label == "Summary (raw JSON)"]
+    assert raw and not raw[0].proto.expanded  # still there, collapsed
+
+
+def write_binary_predictions(home, run_id, dataset):
+    paths = sorted(str(p) for p in Path(dataset).rglob("*.png"))[:4]
+    data = {
+        "task": "classification",
+        "classes": ["cat", "dog"],
+        "paths": paths,
+        "targets": [0, 0, 1, 1],
+        "probs": [[0.9, 0.1], [0.55, 0.45], [0.5829, 0.4171], [0.2, 0.8]],
+    }
+    (store.run_dir(run_id, home) / "predictions.json").write_text(json.dumps(data))
+
+
+def test_run_page_binary_threshold_moves_the_confusion_matrix_and_scores(home, db, dataset):
+    run_id = seed_run(db, dataset)
+    write_binary_predictions(home, run_id, dataset)
+    at = open_page("run", query={"run": str(run_id)})
+    assert charts_by_key(at)["chart_confusion"]["data"][0]["z"] == [[2, 0], [1, 1]]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["precision (dog)"] == "1.000" and metrics["recall (dog)"] == "0.500"
+    # A threshold carried at full precision: 0.4171 keeps the dog scored 0.4171.
+    at.slider(key="binary_threshold").set_value(0.4171).run()
+    assert charts_by_key(at)["chart_confusion"]["data"][0]["z"] == [[1, 1], [0, 2]]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["recall (dog)"] == "1.000" and metrics["f1 (dog)"] == "0.800"
+
+
+def test_run_page_mistakes_gallery_filters_and_pages(home, db, dataset):
+    run_id = seed_run(db, dataset)
+    paths = sorted(str(p) for p in Path(dataset).rglob("*.png"))
+    wrong = [[0.1, 0.9 - i / 100, i / 100] for i in range(14)]  # all 0 taken for 1
+    data = {
+        "task": "classification",
+        "classes": ["0", "1", "2"],
+        "paths": paths[:15],
+        "targets": [0] * 14 + [2],
+        "probs": wrong + [[0.7, 0.1, 0.2]],  # and one 2 taken for 0
+    }
+    (store.run_dir(run_id, home) / "predictions.json").write_text(json.dumps(data))
+    at = open_page("run", query={"run": str(run_id)})
+    assert any("15 of 15 test images misclassified, 15 of them" in c.value for c in at.caption)
+    assert len(at.image[0].captions) == 12  # the first page
+    at.number_input(key="mistakes_page").set_value(2).run()
+    assert len(at.image[0].captions) == 3
+    at.multiselect(key="mistakes_true").set_value([2]).run()
+    assert at.image[0].captions == ["true 2 (0.20) · predicted 0 (0.70)"]
+    at.multiselect(key="mistakes_true").set_value([]).run()
+    at.multiselect(key="mistakes_pred").set_value([1]).run()
+    at.slider(key="mistakes_confidence").set_value((0.0, 0.8)).run()
+    captions = at.image[0].captions
+    assert len(captions) == 4 and all("predicted 1" in c for c in captions)
+
+
 def test_run_page_shows_the_final_report_on_test_beside_the_val_one(home, db, dataset):
     run_id = seed_run(db, dataset)
     write_classification_predictions(home, run_id, dataset)
@@ -760,7 +893,28 @@ def test_run_page_detection_report_recomputes_with_the_sliders(home, db, dataset
     at.slider(key="det_score").set_value(0.2).run()
     z = charts_by_key(at)["chart_det_confusion"]["data"][0]["z"]
     assert z[2] == [2, 0, 0]  # the low-score box now counts as "not an object" too
-    assert len(at.image[0].captions) == 2
+    # The gallery draws what the slider keeps: the 0.3 box appears at 0.2.
+    assert at.image[0].captions == ["1 true, 1 predicted", "1 true, 2 predicted"]
+
+
+def test_run_page_detection_report_opens_at_the_exact_threshold(home, db, dataset):
+    # The best-F1 threshold is a detection's own score: rounded up (0.4171 → 0.42) it hid
+    # that detection, and every one below it, so the report opened with nothing found.
+    run_id = seed_run(db, dataset)
+    db.execute("update runs set task = 'detection' where id = ?", [run_id])
+    db.conn.commit()
+    write_detection_predictions(home, run_id)
+    folder = store.run_dir(run_id, home)
+    preds = json.loads((folder / "predictions.json").read_text())
+    for pred in preds["preds"]:
+        pred["scores"] = [0.41713452] * len(pred["scores"])
+    (folder / "predictions.json").write_text(json.dumps(preds))
+    (folder / "model.json").write_text(json.dumps({"threshold": 0.41713452}))
+    at = open_page("run", query={"run": str(run_id)})
+    assert at.slider(key="det_score").value == 0.41713452
+    recall = [m for m in at.metric if m.label == "recall"][0]
+    assert float(recall.value) > 0
+    assert charts_by_key(at)["chart_det_confusion"]["data"][0]["z"][0][0] == 1
 
 
 def test_run_page_export_lists_the_run_files(home, db, dataset):
@@ -797,7 +951,7 @@ def test_compare_page_overlays_runs_and_tables(home, db, dataset):
     assert "compare_lr" not in figures  # per-step metrics are off by default
     assert "compare_parallel" in figures
     dims = figures["compare_parallel"]["data"][0]["dimensions"]
-    assert [d["label"] for d in dims] == ["lr", "epochs", "roc_auc"]
+    assert [d["label"] for d in dims] == ["lr (log)", "epochs", "roc_auc"]
     summary = [d.value for d in at.dataframe if "best" in d.value.columns][0]
     assert list(summary["id"]) == [a, b]
     config = [d.value for d in at.dataframe if "key" in d.value.columns][0]
@@ -809,6 +963,52 @@ def test_compare_page_overlays_runs_and_tables(home, db, dataset):
     assert charts_by_key(at)["compare_test_roc_auc"]["data"][0]["x"] == [4, 8, 12]
     at.multiselect(key="compare_runs").set_value([a, b, c]).run()
     assert at.query_params["runs"] == f"{a},{b},{c}"
+
+
+def test_compare_page_picks_runs_by_filter_and_its_url_reproduces_it(home, db, dataset):
+    a = seed_run(db, dataset, lr=0.01, optimizer="sgd", tags=["sweep"])
+    b = seed_run(db, dataset, lr=0.001, optimizer="adam", tags=["sweep"], user="bob")
+    c = seed_run(db, dataset, lr=0.001, optimizer="adam", tags=["sweep"])
+    d = seed_run(db, dataset, lr=0.1)  # not tagged
+    at = open_page("compare", query={"tag": "sweep"})
+    figures = charts_by_key(at)
+    names = [t["name"].split()[0] for t in figures["compare_test_roc_auc"]["data"]]
+    assert names == [f"#{a}", f"#{b}", f"#{c}"]  # no cap, no hand-picking needed
+    dims = figures["compare_parallel"]["data"][0]["dimensions"]
+    assert {"lr (log)", "optimizer"} <= {dim["label"] for dim in dims}
+    assert "compare_scatter" in figures
+    # Options: group by optimizer, smooth, log scale; the URL then carries all of it.
+    at.selectbox(key="compare_group").set_value("optimizer").run()
+    at.slider(key="compare_smooth").set_value(0.5).run()
+    at.toggle(key="compare_log").set_value(True).run()
+    at.multiselect(key="compare_runs").set_value([d]).run()
+    at.selectbox(key="compare_f_user").set_value("alice").run()
+    assert not at.exception
+    query = {k: at.query_params[k] for k in at.query_params}
+    assert query["runs"] == str(d) and query["tag"] == "sweep" and query["user"] == "alice"
+    assert query["group"] == "optimizer" and query["smooth"] == "0.5" and query["log"] == "1"
+    figure = charts_by_key(at)["compare_test_roc_auc"]
+    legend = [t["name"] for t in figure["data"] if t.get("showlegend")]
+    assert legend == ["optimizer=adam (2 runs)", "optimizer=sgd (1 run)"]
+    assert figure["layout"]["yaxis"]["type"] == "log"
+    # A fresh session opened on that URL shows the same comparison.
+    again = open_page("compare", query=query)
+    assert again.multiselect(key="compare_runs").value == [d]
+    assert again.selectbox(key="compare_f_user").value == "alice"
+    assert again.selectbox(key="compare_group").value == "optimizer"
+    assert again.slider(key="compare_smooth").value == 0.5
+    assert again.toggle(key="compare_log").value is True
+    assert charts_by_key(again)["compare_test_roc_auc"] == figure
+    assert not again.warning  # no control both defaulted and set from the URL
+
+
+def test_compare_page_says_why_the_two_losses_differ(home, db, dataset):
+    a, b = seed_run(db, dataset), seed_run(db, dataset, lr=0.01)
+    for run in (a, b):
+        store.add_metrics(db, run, 12, 3, {"test_log_loss": 0.9})
+    at = open_page("compare", query={"runs": f"{a},{b}"})
+    assert any("test_log_loss" in c.value and "clipped" in c.value for c in at.caption)
+    assert not open_page("compare", query={"runs": f"{a},{a}"}).exception
 
 
 def test_compare_page_warns_when_runs_do_different_tasks(home, db, dataset):
@@ -1005,6 +1205,21 @@ class FakePredictor:
     def predict(self, images):
         probs = {c: 0.01 for c in self.classes} | {"3": 0.81, "8": 0.1}
         return [{"label": "3", "index": 3, "score": 0.81, "probs": probs} for _ in images]
+
+
+def test_try_it_page_confidence_starts_at_the_exact_threshold(home, db, dataset, monkeypatch):
+    import engine.predict
+
+    class DetectionPredictor(FakePredictor):
+        task = "detection"
+        default_threshold = 0.41713452
+
+    run_id = seed_run(db, dataset)
+    (store.run_dir(run_id, home) / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.setattr(engine.predict, "load_predictor", lambda *a, **k: DetectionPredictor())
+    at = open_page("predict", query={"run": str(run_id)})
+    assert not at.exception
+    assert at.slider(key=f"predict_conf_{run_id}").value == 0.41713452
 
 
 def test_try_it_page_names_classes_and_a_broken_upload(home, db, dataset, monkeypatch):

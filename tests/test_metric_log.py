@@ -119,3 +119,40 @@ def test_cancel_stops_every_process_at_the_same_step(db, run_id, monkeypatch):
             break
     assert checks["main"] == checks["other"] and len(checks["main"]) >= 3
     assert stopped["main"] == stopped["other"] >= 20
+
+
+def test_progress_images_per_second_and_eta_from_the_first_steps(db, run_id):
+    # A slow run (4 s a step, 40 steps an epoch, 8 images a step) shows its step, speed and
+    # time left from the first flush, not only after a whole epoch.
+    clock = Clock()
+    log = MetricLog(process(), db, run_id, flush_seconds=2.0, clock=clock)
+    log.plan_run(steps_per_epoch=40, images_per_step=8, epochs=2)
+    log.start_epoch(1, 0)
+    for step in range(1, 6):
+        clock.now += 4.0
+        log.record_step(step, 1, {"lr": 0.1, "train_loss_step": torch.tensor(1.0)})
+    summary = store.get_run(db, run_id)["summary"]
+    assert (summary["current_epoch"], summary["epoch_step"], summary["steps_per_epoch"]) == (
+        1,
+        5,
+        40,
+    )
+    assert summary["images_per_second"] == pytest.approx(2.0)
+    assert summary["eta_seconds"] == pytest.approx(75 * 4.0)  # 75 steps left; no eval timed yet
+    assert summary["eta_at"] > 0
+    # The epoch's end: an evaluation of 30 s must not read as slower steps, and then counts
+    # once for each evaluation still ahead.
+    for step in range(6, 41):
+        clock.now += 4.0
+        log.record_step(step, 1, {"lr": 0.1, "train_loss_step": torch.tensor(1.0)})
+    clock.now += 30.0
+    log.record_epoch(40, 1, {"test_accuracy": 0.5})
+    summary = store.get_run(db, run_id)["summary"]
+    assert summary["images_per_second"] == pytest.approx(2.0)
+    assert summary["eta_seconds"] == pytest.approx(40 * 4.0)
+    log.start_epoch(2, 40)
+    clock.now += 4.0
+    log.record_step(41, 2, {"lr": 0.1, "train_loss_step": torch.tensor(1.0)})
+    summary = store.get_run(db, run_id)["summary"]
+    assert summary["epoch_step"] == 1
+    assert summary["eta_seconds"] == pytest.approx(39 * 4.0 + 30.0)  # the eval measured

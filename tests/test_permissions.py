@@ -292,7 +292,7 @@ def test_the_trail_records_who_did_what_to_what_and_when(db):
         ("ada", "queue", "run", str(run_id), {"name": "first"}),
         ("ada", "edit", "run", str(run_id), {"name": "renamed", "tags": ["a", "b"]}),
         ("root", "cancel", "run", str(run_id), {}),
-        ("ada", "rerun", "run", str(copy), {"name": "renamed", "of": run_id}),
+        ("ada", "rerun", "run", str(copy), {"name": f"renamed (re-run of #{run_id})", "of": run_id}),
         ("ada", "resume", "run", str(run_id), {}),
         ("ada", "add_dataset", "dataset", "d",
          {"path": d, "format": "imagefolder", "task": "classification"}),

@@ -302,11 +302,24 @@ def test_rerun_queues_a_copy_and_edit_works_in_any_status(db):
         copy = store.get_run(db, new_id)
         assert (copy["status"], copy["name"], copy["tags"], copy["user"]) == (
             "queued",
-            f"was {status}",
+            f"was {status} (re-run of #{run_id})",
             ["t"],
             "bo",
         )
         assert copy["config"] == store.get_run(db, run_id)["config"]
+
+
+def test_rerun_names_its_source_once_and_twins_are_found(db):
+    # "Re-run" copied the name as is: two runs of one name, nothing saying which came first.
+    run_id = run_in(db, "completed")
+    store.rename_run(db, run_id, "baseline", by=ADMIN)
+    first = store.queue_rerun(db, run_id, by=ADMIN)
+    assert store.get_run(db, first)["name"] == f"baseline (re-run of #{run_id})"
+    second = store.queue_rerun(db, first, by=ADMIN)
+    assert store.get_run(db, second)["name"] == f"baseline (re-run of #{first})"
+    config = store.get_run(db, run_id)["config"]
+    assert store.active_twins(db, config) == [first, second]  # queued; the source is done
+    assert store.active_twins(db, {**config, "lr": 0.5}) == []
 
 
 def test_trainer_error_is_its_own_column_and_each_attempt_starts_clean(db):

@@ -80,6 +80,9 @@ def test_a_run_writes_metrics_summary_model_card_and_predictions(home, digits, c
     assert summary["stop_reason"] == "epoch limit"
     assert summary["epochs_trained"] == 2 and summary["global_batch_size"] == 8
     assert summary["best_epoch"] in (1, 2) and summary["trainable_params"] > 0
+    # Progress from step timing (engine.metric_log): the last step, the speed, nothing left.
+    assert summary["epoch_step"] == summary["steps_per_epoch"]
+    assert summary["images_per_second"] > 0 and summary["eta_seconds"] == 0
     metrics = store.get_metrics(db, run_id)
     assert {
         "lr", "train_loss", "train_loss_step", "test_loss", "test_accuracy", "test_roc_auc",

@@ -27,6 +27,7 @@ KEY = "cfg_"
 OTHER_MODEL = "other timm name…"
 OTHER_PATH = "a path on the server…"
 ERRORS = "new_run_errors"
+TWINS = "new_run_twins"  # (form values, ids of queued or running runs with that config)
 # Increments of the +/- buttons of float fields; the others step by 0.1 (or 1 for ints).
 FLOAT_STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "test_ratio": 0.05, "early_stopping_delta": 1e-3}
 # Keys drawn by hand (their choices depend on the task or the registered datasets).
@@ -147,6 +148,32 @@ def use_task_defaults(task: str) -> None:
     info = choices.get_task(task)
     st.session_state[KEY + "model"] = info.default_model
     st.session_state[KEY + "metric"] = info.default_metric
+    # The task's proposals (a detector's small batch); switching back restores RunConfig's.
+    proposed = dict(info.task_defaults)
+    for name in {n for t in choices.TASKS.values() for n, _ in t.task_defaults}:
+        value = proposed.get(name, BY_NAME[name]["default"])
+        st.session_state[KEY + name] = widget_value(name, value)
+
+
+# About 1.5 GB of accelerator memory per 800x1333 image when training Faster R-CNN R50-FPN
+# (torchvision's reference recipe runs 2 images per 16 GB GPU with room to spare).
+GB_PER_DETECTION_IMAGE = 1.5
+DETECTION_REFERENCE_PIXELS = 800 * 1333
+MEMORY_WARNING_GB = 8.0  # above this, a warning: a CPU run or an 8 GB GPU struggles
+
+
+def detection_memory_hint(batch_size: Any, min_size: Any, max_size: Any) -> tuple[float, str]:
+    """(GB, a sentence): a rough memory figure for training a detection batch."""
+    try:
+        images = int(batch_size) * int(min_size) * int(max_size) / DETECTION_REFERENCE_PIXELS
+    except (TypeError, ValueError):
+        return 0.0, ""
+    gigabytes = images * GB_PER_DETECTION_IMAGE
+    return gigabytes, (
+        f"Batch {batch_size} at {min_size}x{max_size} needs roughly {gigabytes:.0f} GB of "
+        "memory per device to train a Faster R-CNN (about 1.5 GB per 800x1333 image); a CPU "
+        "is slow at it. On a CPU or a small GPU, lower batch_size (2-4) or min_size and max_size."
+    )
 
 
 def on_task_change() -> None:
@@ -303,9 +330,17 @@ def submit() -> None:
     if errors:
         ss[ERRORS] = errors
         return
+    config = cfg.resolved()
+    twins = store.active_twins(state.get_db(), config)
+    if twins and ss.get(TWINS, (None,))[0] != values:
+        # Likely queued twice by mistake: say so, and queue only on a second click.
+        ss[TWINS] = (values, twins)
+        ss.pop(ERRORS, None)
+        return
+    ss.pop(TWINS, None)
     try:
         run_id = store.create_run(
-            state.get_db(), cfg.resolved(), name=cfg.name, tags=tags_value(),
+            state.get_db(), config, name=cfg.name, tags=tags_value(),
             by=state.current_user(),
         )  # fmt: skip
     except store.PermissionDenied as exc:  # the role changed since the page was drawn
@@ -500,12 +535,14 @@ from_ids = state.query_run_ids("from")
 if from_ids and st.session_state.get("new_run_from_applied") != from_ids[0]:
     st.session_state["new_run_from_applied"] = from_ids[0]
     fill_from_run(from_ids[0])
+    # "Edit and re-run": the box names the run the form was filled from, not "a fresh config".
+    st.session_state["start_from"] = from_ids[0]
 init_state(registered)
 
 runs = state.run_choices(state.get_db())
 st.selectbox(
     "Start from run",
-    [None, *runs],
+    [None, *runs, *({st.session_state.get("start_from")} - {None, *runs})],
     key="start_from",
     format_func=lambda i: "— a fresh config —" if i is None else runs.get(i, f"#{i}"),
     on_change=on_start_from,
@@ -528,6 +565,16 @@ for group in GROUPS:
                     help="Comma-separated labels to find the run later, e.g. baseline, v2.",
                 )
 
+if task == "detection":
+    ss = st.session_state
+    gigabytes, hint = detection_memory_hint(
+        ss.get(KEY + "batch_size"), ss.get(KEY + "min_size"), ss.get(KEY + "max_size")
+    )
+    if gigabytes > MEMORY_WARNING_GB:
+        st.warning(hint, icon=":material/memory:")
+    elif hint:
+        st.caption(hint)
+
 draw_preview(collect_values(registered))
 
 errors = st.session_state.get(ERRORS) or {}
@@ -541,8 +588,20 @@ if errors:
         if field not in known:
             st.error(message)
 user = state.current_user()
+twins = st.session_state.get(TWINS)
+if twins and twins[0] != collect_values(registered):
+    st.session_state.pop(TWINS)  # the form changed since: no longer the same config
+    twins = None
+if twins:
+    st.warning(
+        "The same config is already queued or running: "
+        + ", ".join(f"#{i}" for i in twins[1])
+        + ". Nothing was queued; click **Queue anyway** to queue it once more.",
+        icon=":material/content_copy:",
+    )
 if store.may(user, "queue"):
-    st.button("Queue run", key="queue_run", type="primary", on_click=submit)
+    label = "Queue anyway" if twins else "Queue run"
+    st.button(label, key="queue_run", type="primary", on_click=submit)
     st.caption(f"Launched as **{user['username']}**.")
 else:
     st.info(

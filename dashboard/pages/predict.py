@@ -177,7 +177,7 @@ def draw_detection(predictor, item, result, threshold: float) -> None:
     cols = st.columns([2, 1])
     cols[0].image(drawn, width="stretch")
     if not kept["boxes"]:
-        cols[1].caption(f"No box scores {threshold:.2f} or more.")
+        cols[1].caption(f"No box scores {threshold:.4f} or more.")
         return
     rows = [
         {"class": label, "score": round(score, 3), "box (x1, y1, x2, y2)": [round(v) for v in box]}
@@ -239,8 +239,9 @@ if detection:
         "Confidence",
         0.0,
         1.0,
-        value=round(predictor.default_threshold, 2),
-        step=0.01,
+        value=predictor.default_threshold,
+        step=state.THRESHOLD_STEP,
+        format=state.THRESHOLD_FORMAT,
         key=f"predict_conf_{run_id}",
         help="Boxes scoring below this are hidden. The default is the run's best-F1 threshold.",
     )

@@ -6,14 +6,16 @@ stops once it is finished (it triggers one full rerun when the status changes).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from dashboard import charts, images, state
+from dashboard import charts, images, reports, state
 from engine import store
 from engine.choices import EXPORT_FORMATS as ALL_EXPORT_FORMATS
+from engine.run_folder import download_name
 
 state.page_setup()
 
@@ -26,7 +28,6 @@ BADGES = {
     "cancelled": ":orange[:material/cancel:] cancelled",
     store.ORPHANED: ":orange[:material/link_off:] running, worker gone",
 }
-GALLERY_SIZE = 12
 
 
 # -- actions (button callbacks) ------------------------------------------------------------
@@ -93,11 +94,12 @@ def draw_progress(run: dict[str, Any]) -> None:
     summary = run["summary"] or {}
     config = run["config"] or {}
     epoch, epochs = state.progress(run)
+    steps = state.step_progress(run)  # from the first flushed step (engine.metric_log)
     if epochs:
         text = f"Epoch {epoch} of {epochs}"
-        if run["status"] == "running" and summary.get("steps_per_epoch"):
-            text += f" · step {summary.get('step', 0)}"
-        st.progress(min(1.0, epoch / epochs), text=text)
+        if steps:
+            text = f"Epoch {steps[0]} of {epochs} · step {steps[1]} of {steps[2]}"
+        st.progress(state.progress_share(run), text=text)
     cols = st.columns(5)
     metric = state.metric_label(run)
     best = summary.get("best_metric")
@@ -120,6 +122,9 @@ def draw_progress(run: dict[str, Any]) -> None:
         help="Early stopping ends the run when this reaches the patience.",
     )
     eta = summary.get("eta_seconds")
+    if eta is not None and summary.get("eta_at"):
+        # Counted down between the trainer's flushes (a slow step would freeze it otherwise).
+        eta = max(0.0, eta - max(0.0, time.time() - summary["eta_at"]))
     elapsed = state.format_duration(state.duration_seconds(run)) or "—"
     if run["status"] == "running" and eta is not None:
         cols[3].metric("ETA", state.format_duration(eta), help=f"Running for {elapsed}.")
@@ -260,6 +265,8 @@ def draw_classification_report(
         normalized = st.toggle(
             "Normalised (share of each true class)", key=f"{prefix}confusion_norm"
         )
+        if len(classes) == 2:
+            report = report | draw_binary_threshold(preds, classes, prefix)
         matrix = report["confusion_normalized"] if normalized else report["confusion"]
         st.plotly_chart(
             charts.confusion_figure(matrix, classes, normalized=normalized),
@@ -279,28 +286,84 @@ def draw_classification_report(
         left.plotly_chart(charts.curves_figure(report["roc"], "roc"), key=f"{prefix}chart_roc")
         right.plotly_chart(charts.curves_figure(report["pr"], "pr"), key=f"{prefix}chart_pr")
     with tabs[3]:
-        wrong = report["wrong"]
-        split = preds.get("split", "test")
-        st.caption(
-            f"{len(wrong)} of {len(preds['targets'])} {split} images misclassified; the most "
-            f"confident mistakes first (showing {min(len(wrong), GALLERY_SIZE)})."
+        draw_mistakes(run, preds, report["wrong"], classes, prefix)
+
+
+def draw_binary_threshold(preds: dict, classes: list[str], prefix: str) -> dict:
+    """The decision threshold of a two-class run: class 1 when its probability reaches it.
+    Returns the confusion matrices at that threshold, shown at full precision."""
+    threshold = st.slider(
+        f"Decision threshold (probability of {classes[1]})",
+        0.0,
+        1.0,
+        0.5,
+        0.001,
+        format="%.3f",
+        key=f"{prefix}binary_threshold",
+        help=f"An image counts as {classes[1]} when its probability is at least this. "
+        "The matrix and the scores below follow it.",
+    )
+    scores = reports.binary_at_threshold(preds["probs"], preds["targets"], threshold)
+    cols = st.columns(3)
+    for col, key in zip(cols, ("precision", "recall", "f1")):
+        col.metric(f"{key} ({classes[1]})", f"{scores[key]:.3f}")
+    return {k: scores[k] for k in ("confusion", "confusion_normalized")}
+
+
+def draw_page_picker(total: int, key: str) -> int:
+    """A page number for a gallery of `total` pictures; 1 when they fit on one page."""
+    pages = reports.page_count(total)
+    if pages == 1:
+        return 1
+    return int(st.number_input(f"Page (of {pages})", 1, pages, 1, key=key))
+
+
+def draw_mistakes(
+    run: dict[str, Any], preds: dict, wrong: list[int], classes: list[str], prefix: str
+) -> None:
+    """Misclassified images, the most confident first, picked by true class, predicted class
+    and confidence, a page at a time."""
+    names = dict(enumerate(classes))
+    left, middle, right = st.columns(3)
+    truths = left.multiselect(
+        "True class", list(names), format_func=names.get, key=f"{prefix}mistakes_true"
+    )
+    guesses = middle.multiselect(
+        "Predicted class", list(names), format_func=names.get, key=f"{prefix}mistakes_pred"
+    )
+    confidence = right.slider(
+        "Confidence of the prediction",
+        0.0,
+        1.0,
+        (0.0, 1.0),
+        0.01,
+        key=f"{prefix}mistakes_confidence",
+    )
+    picked = reports.select_mistakes(
+        wrong, preds["probs"], preds["targets"], truths, guesses, confidence
+    )
+    split = preds.get("split", "test")
+    st.caption(
+        f"{len(wrong)} of {len(preds['targets'])} {split} images misclassified, {len(picked)} "
+        "of them match the filters; the most confident mistakes first."
+    )
+    page = draw_page_picker(len(picked), f"{prefix}mistakes_page")
+    pictures, captions = [], []
+    base = (run["config"] or {}).get("dataset")
+    for i in reports.page_of(picked, page):
+        image = images.open_image(preds["paths"][i], base)
+        if image is None:
+            continue
+        probs = preds["probs"][i]
+        guess = max(range(len(probs)), key=probs.__getitem__)
+        truth = preds["targets"][i]
+        pictures.append(images.upscale(image))
+        captions.append(
+            f"true {classes[truth]} ({probs[truth]:.2f}) · predicted {classes[guess]} "
+            f"({probs[guess]:.2f})"
         )
-        pictures, captions = [], []
-        base = (run["config"] or {}).get("dataset")
-        for i in wrong[:GALLERY_SIZE]:
-            image = images.open_image(preds["paths"][i], base)
-            if image is None:
-                continue
-            probs = preds["probs"][i]
-            guess = max(range(len(probs)), key=probs.__getitem__)
-            truth = preds["targets"][i]
-            pictures.append(images.upscale(image))
-            captions.append(
-                f"true {classes[truth]} ({probs[truth]:.2f}) · predicted {classes[guess]} "
-                f"({probs[guess]:.2f})"
-            )
-        if pictures:
-            st.image(pictures, caption=captions, width=160)
+    if pictures:
+        st.image(pictures, caption=captions, width=160)
 
 
 def draw_detection_report(
@@ -311,7 +374,14 @@ def draw_detection_report(
     left, right = st.columns(2)
     iou = left.slider("IoU threshold", 0.1, 0.95, 0.5, 0.05, key=f"{prefix}det_iou")
     score = right.slider(
-        "Confidence threshold", 0.0, 1.0, round(default_score, 2), 0.01, key=f"{prefix}det_score"
+        "Confidence threshold",
+        0.0,
+        1.0,
+        default_score,
+        state.THRESHOLD_STEP,
+        format=state.THRESHOLD_FORMAT,
+        key=f"{prefix}det_score",
+        help="The default is the run's best-F1 threshold, exactly.",
     )
     report = detection_report(str(path), mtime, float(iou), float(score))
     classes = [str(c) for c in preds["classes"]]
@@ -343,30 +413,36 @@ def draw_detection_report(
             "detection matched; “not an object”: a detection that matched no box."
         )
     with tabs[3]:
-        st.caption("Green: true boxes; red: predictions at or above the confidence threshold.")
-        pictures, captions = [], []
-        base = (run["config"] or {}).get("dataset")
-        for i, file in enumerate(preds["paths"][:GALLERY_SIZE]):
-            image = images.open_image(file, base)
-            if image is None:
-                continue
-            truth, pred = preds["targets"][i], preds["preds"][i]
-            keep = [k for k, s in enumerate(pred["scores"]) if s >= score]
-            image = images.draw_boxes(
-                image, truth["boxes"], truth["labels"], classes, images.TRUE_COLOR
-            )
-            image = images.draw_boxes(
-                image,
-                [pred["boxes"][k] for k in keep],
-                [pred["labels"][k] for k in keep],
-                classes,
-                images.PRED_COLOR,
-                [pred["scores"][k] for k in keep],
-            )
-            pictures.append(images.upscale(image, 256))
-            captions.append(f"{len(truth['labels'])} true, {len(keep)} predicted")
-        if pictures:
-            st.image(pictures, caption=captions, width=256)
+        draw_detection_gallery(run, preds, classes, float(score), prefix)
+
+
+def draw_detection_gallery(
+    run: dict[str, Any], preds: dict, classes: list[str], score: float, prefix: str
+) -> None:
+    """Every image with its true boxes and the detections the confidence slider keeps (the
+    same threshold the scores above use), a page at a time."""
+    st.caption(
+        "Green: true boxes; red: predictions with a confidence of at least "
+        f"{score:g} (the confidence threshold above)."
+    )
+    paths = preds["paths"]
+    page = draw_page_picker(len(paths), f"{prefix}det_gallery_page")
+    pictures, captions = [], []
+    base = (run["config"] or {}).get("dataset")
+    for i in reports.page_of(range(len(paths)), page):
+        image = images.open_image(paths[i], base)
+        if image is None:
+            continue
+        truth = preds["targets"][i]
+        boxes, labels, scores = images.detections_above(preds["preds"][i], score)
+        image = images.draw_boxes(
+            image, truth["boxes"], truth["labels"], classes, images.TRUE_COLOR
+        )
+        image = images.draw_boxes(image, boxes, labels, classes, images.PRED_COLOR, scores)
+        pictures.append(images.upscale(image, 256))
+        captions.append(f"{len(truth['labels'])} true, {len(boxes)} predicted")
+    if pictures:
+        st.image(pictures, caption=captions, width=256)
 
 
 def draw_report(run: dict[str, Any], path: Path, prefix: str = "") -> None:
@@ -432,7 +508,7 @@ def export_model(run_id: int) -> None:
         st.session_state["export_message"] = ("success", f"Exported {path.name}.")
 
 
-def draw_exports(run_id: int) -> None:
+def draw_exports(run_id: int, run_name: str | None = None) -> None:
     folder = state.run_folder(run_id)
     files = folder.downloads()
     if not files:
@@ -444,7 +520,7 @@ def draw_exports(run_id: int) -> None:
         cols[i % len(cols)].download_button(
             f"{file.name} ({size:.1f} MB)",
             data=lambda f=file: f.read_bytes(),
-            file_name=file.name,
+            file_name=download_name(run_id, run_name, file),
             key=f"download_{file.relative_to(folder.path)}",
             mime="application/json" if file.suffix == ".json" else "application/octet-stream",
         )
@@ -464,11 +540,24 @@ def draw_exports(run_id: int) -> None:
         getattr(st, message[0])(message[1])
 
 
+def draw_summary_card(run: dict[str, Any]) -> None:
+    """What a reviewer asks first, in words; the raw summary stays one click away."""
+    if not run["summary"]:
+        return
+    duration = state.format_duration(state.duration_seconds(run))
+    facts = reports.summary_facts(run, duration)
+    with st.container(border=True, key="summary_card"):
+        cols = st.columns(2)
+        for i, (label, value) in enumerate(facts):
+            cols[i % 2].markdown(f"**{label}**: {value}")
+
+
 def draw_config(run: dict[str, Any]) -> None:
+    draw_summary_card(run)
     with st.expander("Config"):
         rows = [{"key": k, "value": "" if v is None else str(v)} for k, v in run["config"].items()]
         st.dataframe(rows, hide_index=True, height=min(600, 35 * len(rows) + 40))
-    with st.expander("Summary"):
+    with st.expander("Summary (raw JSON)", expanded=False):
         st.json(run["summary"] or {})
 
 
@@ -538,4 +627,4 @@ interval = 2 if run["status"] in ACTIVE else None
 st.fragment(run_every=interval)(draw_live)(run_id, run["status"])
 draw_config(run)
 draw_reports(run)
-draw_exports(run_id)
+draw_exports(run_id, run["name"])

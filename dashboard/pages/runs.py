@@ -113,8 +113,8 @@ def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "id": run["id"],
                 "status": store.status_label(run),
-                "progress": epoch / epochs if epochs else 0.0,
-                "epoch": f"{epoch} / {epochs}" if epochs else "",
+                "progress": state.progress_share(run),
+                "epoch": state.progress_text(run),
                 "metric": state.metric_label(run),
                 "best": summary.get("best_metric"),
                 "name": run["name"],
