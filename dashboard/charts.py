@@ -32,9 +32,10 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure
         title=title,
         template=TEMPLATE,
         height=HEIGHT,
-        margin={"l": 50, "r": 20, "t": 70, "b": 40},
-        # Above the plot, right-aligned: below it, the legend sat on the x axis title.
-        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
+        margin={"l": 50, "r": 20, "t": 50, "b": 40},
+        # Below the x axis title, not on it (y=-0.3), and not above the plot where it covered
+        # the chart's title; plotly grows the bottom margin to fit the legend's rows.
+        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.3, "yanchor": "top"},
         hovermode="x unified",
     )
     fig.update_xaxes(title=x_title)

@@ -257,7 +257,7 @@ def test_metric_figure_puts_log_loss_on_its_own_axis():
     assert "yaxis2" not in plain.layout.to_plotly_json()
 
 
-def test_legends_sit_above_the_plot_clear_of_the_axis_titles():
+def test_legends_sit_below_the_x_axis_title_clear_of_every_title():
     runs = [{"id": i, "name": "r", "metrics": rows("test_f1", [0.1, 0.2])} for i in (1, 2)]
     for fig in (
         charts.compare_figure(runs, "test_f1"),
@@ -265,8 +265,9 @@ def test_legends_sit_above_the_plot_clear_of_the_axis_titles():
         charts.loss_figure(rows("train_loss", [1.0]) + rows("test_loss", [1.2])),
     ):
         legend = fig.layout.legend
-        # Below the plot (y < 0) it covered the x axis title; at the left, the y axis title.
-        assert legend.y >= 1 and legend.yanchor == "bottom"
+        # Just below the plot (y=-0.1) it covered the x axis title; above the plot, the chart's
+        # title. Below the x axis title it covers neither (plotly grows the margin for it).
+        assert legend.y <= -0.25 and legend.yanchor == "top" and legend.orientation == "h"
 
 
 def test_confusion_figure_counts_and_normalised_with_detection_labels():
