@@ -9,7 +9,7 @@ HOST   ?= localhost
 # the network without sign-in, everyone an admin.
 ALLOW_ANYONE ?=
 
-.PHONY: serve test lint format config-table bench chromium clean
+.PHONY: serve test lint format config-table bench chromium postgresql clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/visionboard serve --port $(PORT) --host $(HOST) $(if $(ALLOW_ANYONE),--allow-anyone)
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium postgresql
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q --timeout 600
@@ -29,6 +29,13 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+# Debian's PostgreSQL: the tests start a throw-away cluster of it in a temporary folder
+# (initdb + pg_ctl, a Unix socket only), so the store's tests run on both databases.
+postgresql:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

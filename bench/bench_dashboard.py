@@ -9,7 +9,12 @@ Baseline: the runs page of an empty data directory, rendered the same way. Each 
 median of --repeat renders after one warm-up (imports and caches excluded, as on a server
 that is already up). Target: under one second each.
 
+With --db postgresql://... both data directories keep their rows in that PostgreSQL database,
+each in a schema of its own (bench_empty, bench_busy: made afresh, dropped at the end), as
+with VISIONBOARD_DB set; the run folders stay in the temporary directories.
+
     .venv/bin/python bench/bench_dashboard.py [--runs 1000] [--metrics 100000] [--repeat 5]
+        [--db postgresql://...]
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import store  # noqa: E402
+from engine import database, store  # noqa: E402
 from engine.config import RunConfig  # noqa: E402
 
 APP = ROOT / "dashboard" / "app.py"
@@ -35,6 +41,18 @@ TARGET_S = 1.0
 BIG_RUN_ROWS = 10_000
 MODELS = ("efficientnet_b0", "efficientnet_b4", "efficientnet_b7", "resnet18")
 STATUSES = ("completed",) * 6 + ("failed", "cancelled", "running", "queued")
+# The worker that holds the running runs: this process, beating while it measures (runs of a
+# worker gone would be settled by the first render and be finished ones after it).
+WORKER = f"{store.host_name()}:{os.getpid()}"
+
+
+def keep_worker_beating(home: Path, stop: threading.Event) -> None:
+    db = store.connect(home, url=URLS.get(home))
+    while not stop.is_set():
+        store.beat_worker(db, WORKER, store.host_name(), os.getpid())
+        stop.wait(5)
+    store.remove_worker(db, WORKER)
+    db.conn.close()
 
 
 def seed(home: Path, n_runs: int, n_metrics: int) -> int:
@@ -72,13 +90,21 @@ def seed(home: Path, n_runs: int, n_metrics: int) -> int:
                 "note": "",
                 "created_at": store.now(),
                 "started_at": store.now() if status != "queued" else None,
+                "heartbeat_at": store.now() if status != "queued" else None,
                 "finished_at": store.now() if status not in ("queued", "running") else None,
+                "worker": WORKER if status != "queued" else None,
                 "cancel_requested": 0,
                 "resume_requested": 0,
             }
         )
+    columns = list(runs[0])
+    names = ", ".join(f'"{c}"' for c in columns)
     with db.conn:
-        db["runs"].insert_all(runs, batch_size=500)
+        db.conn.executemany(
+            f"insert into runs ({names}) values ({', '.join('?' * len(columns))})",
+            [[run[c] for c in columns] for run in runs],
+        )
+        database.advance_sequences(db)  # the ids were given: new runs go on after them
     big = 1
     rows = []
     # The long run: 50 epochs x 96 steps of lr and train_loss_step, plus per-epoch metrics.
@@ -107,12 +133,55 @@ def seed(home: Path, n_runs: int, n_metrics: int) -> int:
     return big
 
 
+# The database of each data directory (None: its SQLite file), set by main for --db.
+URLS: dict[Path, str | None] = {}
+
+
+def use(home: Path) -> None:
+    """Point this process at a data directory and its database, as VISIONBOARD_HOME and
+    VISIONBOARD_DB would."""
+    os.environ["VISIONBOARD_HOME"] = str(home)
+    if URLS.get(home):
+        os.environ[database.ENV] = URLS[home]
+    else:
+        os.environ.pop(database.ENV, None)
+
+
+def schema_url(url: str, schema: str) -> str:
+    """A fresh, empty schema in the database at `url`, and the URL that uses it."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"drop schema if exists {schema} cascade")
+        conn.execute(f"create schema {schema}")
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+def drop_schemas(url: str, *schemas: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(f"drop schema if exists {schema} cascade")
+
+
+class LocalBrowser:
+    """The connection of a browser on the server itself (AppTest has none, and a server
+    without accounts serves only a local browser: dashboard.auth.not_local_reason)."""
+
+    remote_ip = "127.0.0.1"
+    headers = [("Host", "localhost:8501")]
+
+
 def render(home: Path, page: str | None = None, query: dict | None = None) -> float:
     """Seconds of one render in a fresh session: of the runs page (the default) with the router,
     or of `page` after switching to it (the first, default page's run is not counted)."""
     from streamlit.testing.v1 import AppTest
 
-    os.environ["VISIONBOARD_HOME"] = str(home)
+    from dashboard import auth
+
+    auth.client_context = LocalBrowser
+    use(home)
     at = AppTest.from_file(str(APP), default_timeout=120)
     for key, value in (query or {}).items():
         at.query_params[key] = value
@@ -152,18 +221,28 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--metrics", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--db", metavar="URL", help="a PostgreSQL database (default: SQLite)")
     args = parser.parse_args()
     os.environ["VISIONBOARD_SAMPLES"] = "0"  # the page renders, not the one-off sample set-up
 
     with tempfile.TemporaryDirectory() as tmp:
         empty, busy = Path(tmp) / "empty", Path(tmp) / "busy"
+        if args.db:
+            URLS[empty] = schema_url(args.db, "bench_empty")
+            URLS[busy] = schema_url(args.db, "bench_busy")
+        use(busy)
         start = time.perf_counter()
         big = seed(busy, args.runs, args.metrics)
         print(
             f"seeded {args.runs} runs, {args.metrics} metric rows in "
             f"{time.perf_counter() - start:.1f}s (run #{big} holds {BIG_RUN_ROWS})"
         )
+        stop = threading.Event()
+        beating = threading.Thread(target=keep_worker_beating, args=(busy, stop), daemon=True)
+        beating.start()
         store.home_dir(empty)
+        use(empty)
+        store.connect(empty).conn.close()
 
         start = time.perf_counter()
         render(empty)
@@ -171,6 +250,11 @@ def main() -> None:
         baseline = median_render(args.repeat, empty)
         runs_page = median_render(args.repeat, busy)
         run_page = median_render(args.repeat, busy, "pages/run.py", {"run": str(big)})
+        stop.set()
+        beating.join()
+    if args.db:
+        drop_schemas(args.db, "bench_empty", "bench_busy")
+    print(f"database: {'PostgreSQL' if args.db else 'SQLite'}")
 
     print(f"\n{'page':<34}{'seconds':>9}{'/ target':>10}{'/ baseline':>12}")
     rows = [

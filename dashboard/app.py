@@ -39,16 +39,11 @@ pages = [
     st.Page(PAGES / "run.py", title="Run", icon=":material/monitoring:"),
     st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page(PAGES / "datasets.py", title="Datasets", icon=":material/folder_open:"),
+    st.Page(
+        PAGES / "predict.py", title="Predict", icon=":material/image_search:", url_path="predict"
+    ),
+    st.Page(PAGES / "tokens.py", title="API tokens", icon=":material/key:", url_path="tokens"),
 ]
-if (PAGES / "predict.py").is_file():
-    pages.append(
-        st.Page(
-            PAGES / "predict.py",
-            title="Predict",
-            icon=":material/image_search:",
-            url_path="predict",
-        )
-    )
 
 # The pages are not listed before sign-in; the address asked for is kept, and opens after it.
 user = auth.current_user(state.get_db())

@@ -54,7 +54,26 @@ def summary_facts(run: Mapping[str, Any], duration: str = "") -> list[tuple[str,
         ("Classes", f"{len(classes)}: {shown}" if classes else "—"),
         ("Trainable parameters", params),
         ("Images / s", "—" if speed is None else f"{speed:.1f}"),
+        ("Time spent", timing_text(summary.get("timings"))),
     ]
+
+
+def timing_text(timings: Mapping[str, Any] | None) -> str:
+    """Where a run's time went (summary["timings"], engine.timings), in one line: the first
+    step after the launch, then each part of an epoch on average."""
+    if not timings:
+        return "—"
+    parts = []
+    if timings.get("launch_to_first_step") is not None:
+        parts.append(f"first step after {timings['launch_to_first_step']:.1f} s")
+    epochs = timings.get("epochs") or []
+    if epochs:
+        each = ", ".join(
+            f"{sum(e.get(key, 0.0) for e in epochs) / len(epochs):.1f} s {key}"
+            for key in ("train", "evaluate", "checkpoint")
+        )
+        parts.append(f"per epoch {each}")
+    return "; ".join(parts) or "—"
 
 
 def binary_at_threshold(

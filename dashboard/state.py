@@ -137,7 +137,7 @@ def duration_seconds(run: dict[str, Any], now: datetime | None = None) -> float 
     if end is None:
         if run.get("status") != "running":
             return None
-        end = now or datetime.now(UTC)
+        end = now or parse_time(store.now())  # the database's clock, as the stamps'
     return max(0.0, (end - start).total_seconds())
 
 

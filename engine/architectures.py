@@ -38,6 +38,8 @@ def model_family(name: str) -> str:
     ValueError naming the valid choices otherwise."""
     if name in choices.get_task("detection").models:
         return "torchvision"
+    if name in choices.get_task("classification").models:
+        return "timm"  # listed, so timm builds it (tests/test_speed.py): no timm import here
     import timm
 
     if isinstance(name, str) and timm.is_model(name):

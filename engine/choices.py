@@ -82,7 +82,13 @@ TASKS = _registry(
         ),
         any_timm_model=False,
         description="boxes around objects",
-        task_defaults=(("batch_size", 4), ("epochs", 20)),
+        # torchvision's detection reference recipe augments with flips only.
+        task_defaults=(
+            ("batch_size", 4),
+            ("epochs", 20),
+            ("augment_color", False),
+            ("augment_crop", False),
+        ),
     ),
 )
 
@@ -104,16 +110,23 @@ class OptimizerInfo:
     name: str
     torch_class: str  # the class in torch.optim
     has_momentum: bool  # takes the config's `momentum`
+    # What `lr` means when left empty: each optimizer's step size lives on its own scale
+    # (SGD's steps are the gradient's size, Adam's about lr whatever the gradient's).
+    default_lr: float
     description: str
+    extra_kwargs: tuple[tuple[str, Any], ...] = ()  # always passed to torch_class
 
 
 OPTIMIZERS = _registry(
-    OptimizerInfo("adam", "Adam", False, "adaptive moments; a safe default"),
-    OptimizerInfo("sgd", "SGD", True, "plain SGD with momentum"),
-    OptimizerInfo("rmsprop", "RMSprop", True, "RMSprop with momentum"),
-    OptimizerInfo("adamax", "Adamax", False, "Adam with the infinity norm"),
-    OptimizerInfo("adagrad", "Adagrad", False, "per-parameter rates that only shrink"),
-    OptimizerInfo("adadelta", "Adadelta", False, "Adagrad without the shrinking rates"),
+    OptimizerInfo("adam", "Adam", False, 1e-3, "adaptive moments; a safe default"),
+    # Nesterov momentum: the fine-tuning benchmark's SGD (bench/bench_quality.py).
+    OptimizerInfo(
+        "sgd", "SGD", True, 1e-2, "SGD with Nesterov momentum", extra_kwargs=(("nesterov", True),)
+    ),  # fmt: skip
+    OptimizerInfo("rmsprop", "RMSprop", True, 1e-3, "RMSprop with momentum"),
+    OptimizerInfo("adamax", "Adamax", False, 2e-3, "Adam with the infinity norm"),
+    OptimizerInfo("adagrad", "Adagrad", False, 1e-2, "per-parameter rates that only shrink"),
+    OptimizerInfo("adadelta", "Adadelta", False, 1.0, "Adagrad without the shrinking rates"),
 )
 
 
@@ -231,6 +244,26 @@ def formats_for(task: str) -> tuple[str, ...]:
 def format_names() -> tuple[str, ...]:
     """What `dataset_format` accepts: `auto` first, then every format."""
     return (AUTO_FORMAT, *DATASET_FORMATS)
+
+
+# -- image cache ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageCacheInfo:
+    name: str
+    description: str
+
+
+IMAGE_CACHE = _registry(
+    ImageCacheInfo("auto", "decoded images kept in memory when every one fits the budget"),
+    ImageCacheInfo("on", "decoded images kept in memory up to the budget, the rest read again"),
+    ImageCacheInfo("off", "every image read from its file each time"),
+)
+
+
+def get_image_cache(name: str) -> ImageCacheInfo:
+    return _lookup(IMAGE_CACHE, "cache_images", name)
 
 
 # -- devices and precision ----------------------------------------------------------------

@@ -15,7 +15,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from engine import choices, store
+from engine import choices, database, store
 from engine.config import ConfigError, load_config
 from engine.run_folder import RunFolder
 
@@ -33,17 +33,13 @@ def _fail(message: str, code: int = 2) -> int:
 def cmd_serve(args) -> int:
     from engine.sample_datasets import ensure_samples
 
+    if args.api_port and args.api_port == args.port:
+        return _fail(f"--api-port {args.api_port} is the dashboard's --port: give each its own")
     home = store.home_dir(args.home)
     db = store.connect(home)
-    # With no account, whoever opens the dashboard is an admin: only this machine may.
-    if not is_loopback(args.host) and not sign_in_configured(db) and not args.allow_anyone:
-        return _fail(
-            f"--host {args.host} would let anyone who reaches this machine use VisionBoard as "
-            "an admin: no account is configured. Add accounts first (`visionboard users add "
-            "NAME --role admin`) or configure sign-in through your identity provider (an "
-            "[auth] section in .streamlit/secrets.toml); or pass --allow-anyone if the network "
-            "is trusted"
-        )
+    refused = open_host_refused(args.host, db, args.allow_anyone)
+    if refused:
+        return _fail(refused)
     ensure_samples(db, home)
     env = dict(os.environ, VISIONBOARD_HOME=str(home))
     if args.allow_anyone:
@@ -53,7 +49,29 @@ def cmd_serve(args) -> int:
         command = [sys.executable, "-m", "engine.cli", "--home", str(home), "worker"]
         return subprocess.Popen(command, env=env, cwd=ROOT)
 
+    def start_api() -> subprocess.Popen:  # the automation API, in its own process (cmd_api)
+        command = [sys.executable, "-m", "engine.cli", "--home", str(home), "api",
+                   "--port", str(args.api_port), "--host", args.host, "--no-banner"]  # fmt: skip
+        return subprocess.Popen(command + (["--allow-anyone"] if args.allow_anyone else []),
+                                env=env, cwd=ROOT)  # fmt: skip
+
+    def restarted(proc, started: float, start, what: str):
+        """(proc, when started), started again if it stopped: the queue must keep a worker and
+        scripts their API (not faster than every 5 s, so one that dies at once does not spin),
+        and say so."""
+        if proc.poll() is None:
+            return proc, started
+        time.sleep(max(0.0, 5.0 - (time.monotonic() - started)))
+        code = proc.returncode
+        proc, started = start(), time.monotonic()
+        print(f"VisionBoard: the {what} stopped (exit code {code}); started a new one "
+              f"(pid {proc.pid})", flush=True)  # fmt: skip
+        return proc, started
+
     worker, worker_started = start_worker(), time.monotonic()
+    api, api_started, api_quick_stops = None, 0.0, 0
+    if args.api_port:
+        api, api_started = start_api(), time.monotonic()
     app = subprocess.Popen(
         [
             sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
@@ -66,6 +84,12 @@ def cmd_serve(args) -> int:
     print(
         f"VisionBoard: http://{args.host}:{args.port}  (data in {home}; Ctrl-C stops)", flush=True
     )
+    if api is not None:
+        print(
+            f"VisionBoard API: http://{args.host}:{args.api_port}/docs  (scripts send "
+            "`Authorization: Bearer <token>`: `visionboard tokens add`)",
+            flush=True,
+        )
     if not sign_in_configured(db):
         print(
             "VisionBoard: no accounts, so no sign-in: whoever opens it is an admin "
@@ -75,30 +99,47 @@ def cmd_serve(args) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops both, like Ctrl-C
     try:
         while app.poll() is None:
-            if worker.poll() is not None:
-                # The queue must keep a worker: start another (not faster than every 5 s, so a
-                # worker that dies at once does not spin), and say so.
-                time.sleep(max(0.0, 5.0 - (time.monotonic() - worker_started)))
-                code = worker.returncode
-                worker, worker_started = start_worker(), time.monotonic()
-                print(
-                    f"VisionBoard: the worker stopped (exit code {code}); started a new one "
-                    f"(pid {worker.pid})",
-                    flush=True,
-                )
+            worker, worker_started = restarted(worker, worker_started, start_worker, "worker")
+            if api is not None and api.poll() is not None:
+                # One that stops within seconds of starting, three times over, will not start
+                # (its port taken, say): stop trying, and say so, rather than every 5 s.
+                quick = time.monotonic() - api_started < 10
+                api_quick_stops = api_quick_stops + 1 if quick else 0
+                if api_quick_stops >= 3:
+                    print(f"VisionBoard: the API stopped at start {api_quick_stops} times "
+                          f"(exit code {api.returncode}; is port {args.api_port} taken?): not "
+                          "started again", flush=True)  # fmt: skip
+                    api = None
+                else:
+                    api, api_started = restarted(api, api_started, start_api, "API")
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        for proc in (app, worker):
+        procs = [proc for proc in (app, worker, api) if proc is not None]
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in (app, worker):
+        for proc in procs:
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
     return 0
+
+
+def open_host_refused(host: str, db, allow_anyone: bool) -> str | None:
+    """Why listening on `host` is refused, or None. With no account, whoever uses VisionBoard
+    is its admin: only this machine may (the dashboard, and the API's local admin tokens)."""
+    if is_loopback(host) or sign_in_configured(db) or allow_anyone:
+        return None
+    return (
+        f"--host {host} would let anyone who reaches this machine use VisionBoard as "
+        "an admin: no account is configured. Add accounts first (`visionboard users add "
+        "NAME --role admin`) or configure sign-in through your identity provider (an "
+        "[auth] section in .streamlit/secrets.toml); or pass --allow-anyone if the network "
+        "is trusted"
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -129,16 +170,28 @@ def sign_in_configured(db) -> bool:
 
 
 def cmd_worker(args) -> int:
-    from engine.worker import Worker
+    from engine.launch import gpu_count
+    from engine.worker import Worker, parse_devices
 
-    worker = Worker(args.home)
+    if args.host_name:  # before the worker reads it; its trainers inherit it
+        os.environ["VISIONBOARD_HOST"] = args.host_name
+    try:
+        devices = None if args.devices is None else parse_devices(args.devices, gpu_count())
+    except ValueError as exc:
+        return _fail(str(exc))
+    worker = Worker(args.home, devices=devices)
 
     def stop(*_):
         worker.stop_event.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"worker {worker.id} serving {worker.home} ({len(worker.gpus)} GPU(s))", flush=True)
+    gpus = ",".join(map(str, worker.gpus)) or "none"
+    where = "PostgreSQL" if worker.db.url else "SQLite"
+    print(
+        f"worker {worker.id} serving {worker.home} ({where}; GPUs: {gpus})",
+        flush=True,
+    )
     orphans = store.list_runs(worker.db, status="running")
     for run in orphans:
         if run["worker_gone"]:
@@ -177,20 +230,12 @@ def cmd_train(args) -> int:
             cfg = load_config(args.config, args.set)
         except ConfigError as exc:
             return _fail(str(exc))
-        from engine.preflight import check_run, resolve_paths
-        from engine.sample_datasets import ensure_samples
+        from engine.preflight import RunRefused, submit_run
 
-        ensure_samples(db, args.home)  # so `dataset = "digits"` works on a fresh install
-        cfg = resolve_paths(cfg, db)  # a relative path means this directory, not the worker's
         # The New run form's check: a run it would refuse is refused here, before queueing.
-        problems = check_run(cfg, db)
-        if problems:
-            return _fail("nothing queued:\n" + "\n".join(f"  - {p}" for p in problems))
         try:
-            run_id = store.create_run(
-                db, cfg.resolved(), name=cfg.name, tags=args.tag or [], by=cli_user()
-            )
-        except store.PermissionDenied as exc:
+            run_id = submit_run(cfg, db, tags=args.tag or [], by=cli_user(), on_host=args.on_host)
+        except (RunRefused, store.PermissionDenied) as exc:
             return _fail(str(exc))
         print(f"queued run {run_id}: {store.get_run(db, run_id)['name']}")
     if args.no_follow:
@@ -221,7 +266,10 @@ def follow(db, run_id: int, home: Path) -> int:
 
     def start_worker_if_needed(run: dict) -> None:
         nonlocal worker, thread
-        if thread is None and run["status"] == "queued" and not store.worker_running(db, run_id):
+        if run["on_host"] not in (None, "", store.host_name()):
+            return  # pinned to another host: its workers start it
+        serving = store.worker_running(db, run_id, run["on_host"])  # one that may take it
+        if thread is None and run["status"] == "queued" and not serving:
             worker = Worker(home, only_run=run_id)
             thread = threading.Thread(target=worker.run, daemon=True)
             thread.start()
@@ -254,7 +302,10 @@ def follow(db, run_id: int, home: Path) -> int:
                 bar.set_postfix(post)
                 if run["status"] in store.FINISHED:
                     break
-                time.sleep(1)
+                if thread is not None:
+                    thread.join(1)  # our worker ends with the run: no second of waiting
+                else:
+                    time.sleep(1)
             except KeyboardInterrupt:
                 if cancelling:
                     if thread is not None:  # our worker's trainer must not outlive us
@@ -308,7 +359,7 @@ def cmd_runs(args) -> int:
     if action == "list":
         runs = store.list_runs(db, status=args.status)
         if args.json:
-            print(json.dumps([_run_brief(r) for r in runs], indent=2))
+            print(json.dumps([store.run_brief(r) for r in runs], indent=2))
             return 0
         print_table(
             ["id", "name", "status", "task", "model", "best", "epochs", "user", "created"],
@@ -347,26 +398,6 @@ def cmd_runs(args) -> int:
             return _fail(str(exc))
         print(f"deleted run {args.id}")
     return 0
-
-
-def _run_brief(run: dict) -> dict:
-    keys = (
-        "id",
-        "name",
-        "status",
-        "task",
-        "model",
-        "dataset",
-        "user",
-        "tags",
-        "created_at",
-        "finished_at",
-    )
-    return {
-        **{k: run[k] for k in keys},
-        "worker_gone": run["worker_gone"],
-        "summary": run["summary"],
-    }
 
 
 def _fmt(value) -> str:
@@ -473,6 +504,28 @@ def cmd_audit(args) -> int:
 
 
 # -- datasets / weights -------------------------------------------------------------------
+
+
+def cmd_db(args) -> int:
+    """Copy the current store (the SQLite file, or $VISIONBOARD_DB) into an empty PostgreSQL
+    database, every table, ids kept; then point every process at it."""
+    if not database.is_postgresql(args.to):
+        return _fail(f"--to {args.to!r}: expected a PostgreSQL URL, postgresql://...")
+    source = store.connect(args.home)
+    if source.url == args.to:
+        return _fail("--to names the database in use: give another, empty one")
+    target = store.connect(args.home, url=args.to)
+    try:
+        copied = database.copy_rows(source, target)
+    except database.CopyRefused as exc:
+        return _fail(str(exc))
+    for table, rows in copied.items():
+        print(f"{table:<12}{rows:>10} rows")
+    print(
+        f"copied to {database.safe_url(args.to)}; set VISIONBOARD_DB to it (or pass --db) for "
+        "the dashboard and every worker"
+    )
+    return 0
 
 
 def cmd_datasets(args) -> int:
@@ -594,6 +647,117 @@ def cmd_export(args) -> int:
     return 0
 
 
+# -- HTTP API: prediction server, automation API, tokens ----------------------------------
+
+
+def serving_limits(args):
+    """The prediction limits of `serve-model` and `api` from their flags; ValueError if bad."""
+    from engine.api.inputs import MB, Limits
+
+    limits = Limits(
+        max_images=args.max_images,
+        max_file_bytes=int(args.max_file_mb * MB),
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+    )
+    limits.check()
+    return limits
+
+
+def cmd_serve_model(args) -> int:
+    from engine.api.server import run_app
+    from engine.api.serving import ModelServer, create_model_app
+    from engine.predict import PredictError
+
+    try:
+        server = ModelServer.load(args.run, args.home, args.device, serving_limits(args))
+    except (PredictError, ValueError) as exc:
+        return _fail(str(exc))
+    where = f"http://{args.host}:{args.port}"
+    print(f"VisionBoard run {args.run} ({server.predictor.task}, {server.predictor.device}): "
+          f"POST {where}/predict, docs at {where}/docs  (Ctrl-C stops)", flush=True)  # fmt: skip
+    if not is_loopback(args.host):
+        print("VisionBoard: the prediction server asks for no token: whoever reaches "
+              f"{args.host}:{args.port} can use this model", flush=True)  # fmt: skip
+    run_app(create_model_app(server), args.host, args.port)
+    return 0
+
+
+def cmd_api(args) -> int:
+    from engine.api.automation import create_api_app
+    from engine.api.server import run_app
+    from engine.predict import PredictError, resolve_device
+
+    home = store.home_dir(args.home)
+    db = store.connect(home)
+    refused = open_host_refused(args.host, db, args.allow_anyone)
+    if refused:
+        return _fail(refused)
+    try:
+        limits = serving_limits(args)
+        resolve_device(args.device)  # its models load at the first prediction: check it now
+    except (ValueError, PredictError) as exc:
+        return _fail(str(exc))
+    app = create_api_app(
+        home, local_mode=lambda db: not sign_in_configured(db), limits=limits, device=args.device
+    )
+    if not args.no_banner:  # `serve`, which starts it, says where it is itself
+        print(f"VisionBoard API: http://{args.host}:{args.port}/docs  (data in {home}; every "
+              "call needs `Authorization: Bearer <token>`: `visionboard tokens add`)", flush=True)  # fmt: skip
+    run_app(app, args.host, args.port)
+    return 0
+
+
+def cmd_tokens(args) -> int:
+    """API tokens: with accounts, each is an account's (--user); without, the local admin's."""
+    db = store.connect(args.home)
+    me = cli_user()
+    local = not sign_in_configured(db)
+    try:
+        if args.action == "add":
+            user = args.user or me["username"]
+            if local and user != me["username"]:
+                return _fail(
+                    f"--user {user}: this server has no accounts, so a token is its local "
+                    f"admin's ({me['username']}); add accounts first (`visionboard users add`)"
+                )
+            if not local and store.get_user(db, user) is None:
+                return _fail(
+                    f"no account {user!r}: --user names the account whose token it is "
+                    "(`visionboard users list`)"
+                )
+            token, record = store.add_api_token(db, user, args.name, by=me, local_admin=local)
+            role = "admin" if local else store.get_user(db, user)["role"]
+            print(token)
+            print(
+                f"token {record['id']} of {user} ({role}{', local admin' if local else ''}): "
+                "shown this once; scripts send it as `Authorization: Bearer <token>`",
+                file=sys.stderr,
+            )
+        elif args.action == "list":
+            rows = store.list_api_tokens(db, args.user, by=me)
+            if args.json:
+                print(json.dumps(rows, indent=2))
+                return 0
+            print_table(
+                ["id", "user", "name", "created", "last used", "status"],
+                [
+                    [t["id"], t["username"], t["name"], (t["created_at"] or "")[:16],
+                     (t["last_used_at"] or "")[:16], "revoked" if t["revoked"] else "active"]
+                    for t in rows
+                ],
+            )  # fmt: skip
+        elif args.action == "revoke":
+            if not args.id:
+                return _fail("tokens revoke needs a token ID (`visionboard tokens list`)")
+            store.revoke_api_token(db, args.id, by=me)
+            print(f"token {args.id} revoked")
+    except (ValueError, store.PermissionDenied) as exc:
+        return _fail(str(exc))
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------
 
 
@@ -603,6 +767,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--home",
         default=argparse.SUPPRESS,
         help="data directory (default: $VISIONBOARD_HOME or ./runs)",
+    )
+    home.add_argument(
+        "--db",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="PostgreSQL database, postgresql://... (default: $VISIONBOARD_DB, else the SQLite "
+        "file in the data directory)",
     )
     parser = argparse.ArgumentParser(
         prog="visionboard",
@@ -623,10 +794,57 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve other machines without sign-in: everyone who reaches it is an admin",
     )
+    p.add_argument(
+        "--api-port", type=int, default=8502, help="port of the automation API (0: none)"
+    )
     p.set_defaults(func=cmd_serve)
+
+    serving = argparse.ArgumentParser(add_help=False)
+    serving.add_argument("--device", default="auto", choices=list(choices.DEVICES))
+    serving.add_argument("--max-images", type=int, default=16, help="images in one request")
+    serving.add_argument("--max-file-mb", type=float, default=10.0, help="size of one image")
+    serving.add_argument("--max-batch", type=int, default=16, help="images predicted at once")
+    serving.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits for requests"
+    )
+    serving.add_argument(
+        "--max-queue", type=int, default=64, help="images waiting; past it, 503 Retry-After"
+    )
+
+    p = sub.add_parser(
+        "serve-model", parents=[home, serving], help="serve a run's model over HTTP (/predict)"
+    )
+    p.add_argument("run", type=int)
+    p.add_argument("--port", type=int, default=8503)
+    p.add_argument("--host", default="localhost")
+    p.set_defaults(func=cmd_serve_model)
+
+    p = sub.add_parser("api", parents=[home, serving], help="the automation API alone")
+    p.add_argument("--port", type=int, default=8502)
+    p.add_argument("--host", default="localhost")
+    p.add_argument("--allow-anyone", action="store_true", help="another host without accounts")
+    p.add_argument("--no-banner", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_api, device="cpu")
+
+    p = sub.add_parser("tokens", parents=[home], help="API tokens: add, list, revoke")
+    p.add_argument("action", choices=["add", "list", "revoke"])
+    p.add_argument("id", nargs="?", help="token id (revoke)")
+    p.add_argument("--user", help="whose token (an account; default: you)")
+    p.add_argument("--name", default="", help="a name to recognise the token by (add)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tokens)
 
     p = sub.add_parser("worker", parents=[home], help="train queued runs")
     p.add_argument("--once", action="store_true", help="stop when the queue is empty")
+    p.add_argument(
+        "--devices", metavar="GPUS", help="GPUs it may use, e.g. 0,1, or cpu (default: all)"
+    )
+    p.add_argument(
+        "--host-name",
+        metavar="NAME",
+        help="this host's name for pinned runs and liveness (default: $VISIONBOARD_HOST or "
+        "the host name)",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("train", parents=[home], help="queue a run and follow it")
@@ -635,7 +853,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=int, metavar="ID", help="continue a failed or cancelled run")
     p.add_argument("--tag", action="append", help="tag the run")
     p.add_argument("--no-follow", action="store_true", help="queue and return")
+    p.add_argument(
+        "--on-host", metavar="NAME", help="only a worker on this host may train it (default: any)"
+    )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("db", parents=[home], help="the database: copy it to PostgreSQL")
+    p.add_argument("action", choices=["copy"])
+    p.add_argument("--to", required=True, metavar="URL", help="an empty PostgreSQL database")
+    p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("runs", parents=[home], help="list, show, cancel or delete runs")
     p.add_argument(
@@ -710,7 +936,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["VISIONBOARD_HOME"] = str(Path(args.home).resolve())
     if args.command == "weights" and args.action in ("pull", "import") and not args.model:
         return _fail(f"weights {args.action} needs a MODEL")
-    return args.func(args)
+    if getattr(args, "db", None):  # the workers and trainers this starts inherit it
+        os.environ[database.ENV] = args.db
+    try:
+        database.configured_url()
+        return args.func(args)
+    except database.DatabaseURLError as exc:
+        return _fail(str(exc))
 
 
 if __name__ == "__main__":

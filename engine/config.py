@@ -71,14 +71,22 @@ def _gamma_defaults() -> str:
     return ", ".join(f"{s.name}: {s.default_gamma:g}" for s in cutting)
 
 
+def _lr_defaults() -> str:
+    return ", ".join(f"{o.name}: {o.default_lr:g}" for o in choices.OPTIMIZERS.values())
+
+
 def _task_default(key: str, default: Any) -> str:
     """How the config table shows a default some task overrides, e.g. "32 (detection: 4)"."""
+
+    def shown(value: Any) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
     others = [
-        f"{t.name}: {dict(t.task_defaults)[key]}"
+        f"{t.name}: {shown(dict(t.task_defaults)[key])}"
         for t in choices.TASKS.values()
         if key in dict(t.task_defaults)
     ]
-    return f"{default} ({', '.join(others)})" if others else str(default)
+    return f"{shown(default)} ({', '.join(others)})" if others else shown(default)
 
 
 @dataclass
@@ -114,6 +122,16 @@ class RunConfig:
     )
     name: str = _key(
         "", "Data", "A name for the run; left empty, one is made from the model and dataset."
+    )
+    cache_images: str = _key(
+        "auto",
+        "Data",
+        "Classification only: keep the decoded images in memory (at the reduced size training "
+        "reads them), so each is decoded once per run, not once per epoch. `auto`: when they "
+        "all fit in a quarter of the free memory; `on`: as many as fit; `off`: never.",
+        tuple(choices.IMAGE_CACHE),
+        tasks=("classification",),
+        instead="no image cache (each image is read from its file)",
     )
     # Model
     model: str | None = _key(
@@ -175,16 +193,40 @@ class RunConfig:
     optimizer: str = _key(
         "adam",
         "Optimization",
-        "Adam is a safe default; SGD with momentum can generalise better with a tuned schedule.",
+        "Adam is a safe default; SGD (with Nesterov momentum) can generalise better with a tuned "
+        "schedule, and trails Adam in the short fine-tuning benchmark (bench/README.md).",
         tuple(choices.OPTIMIZERS),
     )
-    lr: float = _key(
-        0.001,
+    lr: float | None = _key(
+        None,
         "Optimization",
-        "Initial learning rate, reached at the end of the warmup. Lower it (1e-4) when fine-tuning "
-        "many layers of a pre-trained model.",
+        "Initial learning rate of the head, reached at the end of the warmup; pre-trained layers "
+        "learn at lr × backbone_lr_factor. Empty = the optimizer's own default ("
+        + _lr_defaults()
+        + ").",
         minimum=0.0,
         maximum=10.0,
+        shown_default=_lr_defaults(),
+    )
+    backbone_lr_factor: float = _key(
+        1.0,
+        "Optimization",
+        "With pre-trained weights, the pre-trained layers learn at lr × this while the new head "
+        "learns at lr. Below 1 the backbone keeps more of what it knows but adapts more slowly; "
+        "1 (one rate for all, the new head starting small) won the fine-tuning benchmark "
+        "(bench/README.md). 0 trains the head only.",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    label_smoothing: float = _key(
+        0.1,
+        "Optimization",
+        "Classification only: the training targets give this share of their weight to the "
+        "other classes, so the model does not grow over-confident on a small dataset. 0 = off.",
+        minimum=0.0,
+        maximum=0.9,
+        tasks=("classification",),
+        instead="the detector's own losses",
     )
     weight_decay: float = _key(
         0.0,
@@ -215,7 +257,8 @@ class RunConfig:
     num_workers: int = _key(
         2,
         "Optimization",
-        "Data-loading worker processes per training process. 0 loads in the training process.",
+        "Data-loading worker processes per training process. 0 loads in the training process, "
+        "as does a run whose images all fit the image cache (cache_images).",
         minimum=0,
         maximum=64,
     )
@@ -274,10 +317,14 @@ class RunConfig:
         0.001, "Early stopping", "The smallest change that counts as an improvement.", minimum=0.0
     )
     # Augmentation
+    # On by default: the fine-tuning benchmark (bench/bench_quality.py) measures what they give.
     augment_color: bool = _key(
-        False, "Augmentation", "Random hue, contrast and brightness per image per epoch."
+        True,
+        "Augmentation",
+        "Random hue, contrast and brightness per image per epoch.",
+        shown_default=_task_default("augment_color", True),
     )
-    augment_hflip: bool = _key(False, "Augmentation", "Random horizontal flips.")
+    augment_hflip: bool = _key(True, "Augmentation", "Random horizontal flips.")
     augment_vflip: bool = _key(
         False, "Augmentation", "Random vertical flips (for aerial or microscope images)."
     )
@@ -289,7 +336,10 @@ class RunConfig:
         maximum=180.0,
     )
     augment_crop: bool = _key(
-        False, "Augmentation", "Random crops that keep at least `crop_min_ratio` of the area."
+        True,
+        "Augmentation",
+        "Random crops that keep at least `crop_min_ratio` of the area.",
+        shown_default=_task_default("augment_crop", True),
     )
     crop_min_ratio: float = _key(
         0.75,
@@ -374,6 +424,14 @@ class RunConfig:
         return self.metric or self.task_info.default_metric
 
     @property
+    def learning_rate(self) -> float:
+        """lr, or the optimizer's default where it is left empty."""
+        if self.lr is not None:
+            return self.lr
+        info = choices.OPTIMIZERS.get(self.optimizer)
+        return (info or next(iter(choices.OPTIMIZERS.values()))).default_lr
+
+    @property
     def gamma(self) -> float:
         if self.lr_gamma is not None:
             return self.lr_gamma
@@ -418,6 +476,7 @@ class RunConfig:
         data["model"] = self.model_name
         data["metric"] = self.metric_name
         data["lr_gamma"] = self.gamma
+        data["lr"] = self.learning_rate
         return data
 
     # -- validation ---------------------------------------------------------------------

@@ -3,7 +3,8 @@
 The trainer checks the space before it writes a model or a checkpoint, so a full disk stops
 the run with a cause that names it ("disk full: 3 MB free in DIR, at least 85 MB needed")
 while RESERVE_BYTES are still free for the database, the log and that status. Whatever still
-runs into ENOSPC (or SQLite's "database or disk is full") is recognised by is_disk_full and
+runs into ENOSPC (or SQLite's "database or disk is full", or PostgreSQL's disk_full, SQLSTATE
+53100, when the database server's disk fills) is recognised by is_disk_full and
 described by disk_full_message, by the trainer and by the worker alike.
 """
 
@@ -19,6 +20,7 @@ MB = 1024 * 1024
 # Left free after any large write of ours: the database's status writes and the log need room.
 RESERVE_BYTES = 64 * MB
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+POSTGRESQL_DISK_FULL = "53100"  # SQLSTATE of psycopg.errors.DiskFull
 
 
 class DiskFull(OSError):
@@ -52,7 +54,9 @@ def require_space(directory: str | Path, needed: int) -> None:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC (or a full quota) from a write, or SQLite's SQLITE_FULL."""
+    """ENOSPC (or a full quota) from a write, SQLite's SQLITE_FULL, or PostgreSQL's disk_full."""
+    if getattr(exc, "sqlstate", None) == POSTGRESQL_DISK_FULL:
+        return True
     if isinstance(exc, OSError):
         return exc.errno in FULL_ERRNOS
     if isinstance(exc, sqlite3.Error):

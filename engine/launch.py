@@ -29,10 +29,12 @@ import argparse
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from engine import choices
+from engine.timings import LAUNCHED_AT_ENV
 
 # Flags only: distributed_type NO and accelerate's defaults for everything else.
 NEUTRAL_CONFIG = Path(__file__).resolve().parent / "accelerate_neutral.yaml"
@@ -56,9 +58,17 @@ class LaunchError(ValueError):
 # -- devices ----------------------------------------------------------------------------------
 
 
+# Any of these exists where a CUDA (or ROCm) driver is installed on Linux.
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
 def gpu_count() -> int:
-    """GPUs this process sees (0 when CUDA_VISIBLE_DEVICES is empty or torch has no CUDA)."""
+    """GPUs this process sees (0 when CUDA_VISIBLE_DEVICES is empty or torch has no CUDA).
+    A Linux machine without a GPU driver answers without importing torch (seconds that
+    `visionboard train` and its worker would spend before every launch)."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return 0
+    if sys.platform.startswith("linux") and not any(map(os.path.exists, GPU_DRIVER_FILES)):
         return 0
     try:
         import torch
@@ -237,6 +247,7 @@ def launch_command(
     cfg = run["config"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", VISIONBOARD_HOME=str(home))
     env[LAUNCHED_ENV] = "1"
+    env[LAUNCHED_AT_ENV] = f"{time.time():.3f}"  # the trainer's timings count from here
     env.pop("ACCELERATE_USE_CPU", None)  # ours to set, never inherited
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     rank = cfg.get("machine_rank", 0) if machine_rank is None else machine_rank
@@ -303,14 +314,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", type=int, required=True)
     parser.add_argument("--machine-rank", type=int, required=True)
     parser.add_argument("--home", default=None)
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="the PostgreSQL database (default: $VISIONBOARD_DB, else the "
+        "SQLite file of the data directory)",
+    )
     parser.add_argument("--print", action="store_true", help="print the command, do not run it")
     args = parser.parse_args(argv)
-    from engine import store
+    from engine import database, store
 
+    if args.db:
+        os.environ[database.ENV] = args.db  # the trainer it starts reads the same database
     home = store.home_dir(args.home)
-    run = store.get_run(store.connect(home), args.run_id)
+    try:
+        db = store.connect(home)
+    except database.DatabaseURLError as exc:
+        raise SystemExit(str(exc)) from None
+    run = store.get_run(db, args.run_id)
     if run is None:
-        raise SystemExit(f"run {args.run_id} not found in {home}")
+        where = database.safe_url(db.url) if db.url else home
+        raise SystemExit(f"run {args.run_id} not found in {where}")
     try:
         machines = machines_of(run["config"])
         worker_rank = worker_rank_of(run["config"])

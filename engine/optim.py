@@ -15,19 +15,34 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from engine import choices
+from engine.architectures import head_prefixes
 from engine.config import RunConfig
 
 
 def create_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """cfg.optimizer over the model's trainable parameters (frozen ones are left out)."""
+    """cfg.optimizer over the model's trainable parameters (frozen ones are left out). With
+    pre-trained weights and a backbone_lr_factor other than 1, two parameter groups: the head
+    at cfg's learning rate first (the rate the schedule reports), then the pre-trained layers
+    at that times backbone_lr_factor."""
     info = choices.get_optimizer(cfg.optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("the model has no trainable parameters: raise retrained_layers")
-    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    lr = cfg.learning_rate
+    groups = [{"params": [p for _, p in named], "lr": lr}]
+    head = head_prefixes(model) if cfg.pretrained and cfg.backbone_lr_factor != 1.0 else ()
+    trained_head = [p for n, p in named if head and n.startswith(head)]
+    if trained_head:  # a model whose head is unknown keeps one rate for all
+        backbone = [p for n, p in named if not n.startswith(head)]
+        groups = [{"params": trained_head, "lr": lr}]
+        if backbone:
+            groups.append({"params": backbone, "lr": lr * cfg.backbone_lr_factor})
+    kwargs = {"lr": lr, "weight_decay": cfg.weight_decay, **dict(info.extra_kwargs)}
     if info.has_momentum:
         kwargs["momentum"] = cfg.momentum
-    return getattr(torch.optim, info.torch_class)(params, **kwargs)
+    if not kwargs.get("momentum"):
+        kwargs.pop("nesterov", None)  # torch refuses Nesterov without momentum
+    return getattr(torch.optim, info.torch_class)(groups, **kwargs)
 
 
 # The arguments of each registered schedule's class (choices.LR_SCHEDULES names the class).

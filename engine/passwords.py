@@ -8,6 +8,7 @@ the database only its SHA-256, so a copy of the database signs nobody in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 
@@ -17,9 +18,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 MIN_PASSWORD_LENGTH = 8
 
 _hasher = PasswordHasher()
-# Verified against when the user does not exist, so a wrong name takes as long as a wrong
-# password and the timing tells nobody which names exist.
-_DUMMY_HASH = _hasher.hash("no such user")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user does not exist, so a wrong name takes as long as a wrong
+    password and the timing tells nobody which names exist. Made at the first sign-in, whoever
+    signs in, not at import: every CLI command, worker and trainer imports this module."""
+    return _hasher.hash("no such user")
 
 
 def check_strength(password: str) -> None:
@@ -35,8 +41,9 @@ def hash_password(password: str) -> str:
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Whether `password` matches the hash; False for no hash (an OIDC account) too."""
+    dummy = _dummy_hash()
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+        return _hasher.verify(password_hash or dummy, password) and bool(password_hash)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -53,3 +60,8 @@ def new_token() -> str:
 def hash_token(token: str) -> str:
     """What the database keeps of a session token."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token_id() -> str:
+    """The public name of an API token (listed and revoked by it; 64 random bits)."""
+    return secrets.token_hex(8)

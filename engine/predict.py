@@ -88,6 +88,8 @@ def resolve_device(device: str) -> torch.device:
         raise PredictError(f"device {device!r}: expected one of {', '.join(choices.DEVICES)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise PredictError("device 'cuda': torch sees no CUDA GPU here; use cpu or auto")
     return torch.device(device)
 
 

@@ -72,7 +72,7 @@ def check_model(cfg: RunConfig) -> Problem | None:
 
 def check_dataset(cfg: RunConfig, db) -> Problem | None:
     """A dataset that exists and reads as cfg.task in cfg.dataset_format, with its classes."""
-    from engine.data import inspect_dataset
+    from engine.data import inspect_dataset, probe_cache
 
     registered = store.get_dataset(db, cfg.dataset)
     # The resolution resolve_paths applies at submit, so an unresolved cfg is checked alike.
@@ -98,14 +98,15 @@ def check_dataset(cfg: RunConfig, db) -> Problem | None:
         )
     # Only blocking problems refuse a run: the cross-file checks (hashing every image) are
     # the Datasets page's and `datasets inspect`'s, not something to wait for at each submit.
-    info = inspect_dataset(
-        str(path),
-        task=cfg.task,
-        fmt=cfg.dataset_format,
-        test_ratio=cfg.test_ratio,
-        seed=cfg.seed,
-        deep=False,
-    )
+    with probe_cache.using(db.home):  # the trainer reads the same probes back (engine.train)
+        info = inspect_dataset(
+            str(path),
+            task=cfg.task,
+            fmt=cfg.dataset_format,
+            test_ratio=cfg.test_ratio,
+            seed=cfg.seed,
+            deep=False,
+        )
     if info.get("error"):
         return Problem("dataset", info["error"])
     return None
@@ -127,3 +128,26 @@ def check_devices(cfg: RunConfig, home) -> Problem | None:
     and an accelerate config file that exists and reads."""
     problem = check_launch(cfg.to_dict(), gpu_count(), home)
     return Problem(problem.field, str(problem)) if problem else None
+
+
+class RunRefused(ValueError):
+    """A config that check_run refuses; `.problems` names each field at fault."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("nothing queued:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def submit_run(cfg: RunConfig, db, *, tags=(), by: dict, on_host: str | None = None) -> int:
+    """Queue a validated config as `visionboard train` and the API do: the sample datasets
+    present (so `dataset = "digits"` works on a fresh install), paths made absolute, the
+    check above (RunRefused), then store.create_run as `by` (`on_host`: pinned to that
+    host's workers). Returns the run id."""
+    from engine.sample_datasets import ensure_samples
+
+    ensure_samples(db, db.home)
+    cfg = resolve_paths(cfg, db)  # a relative path means this directory, not the worker's
+    problems = check_run(cfg, db)
+    if problems:
+        raise RunRefused(problems)
+    return store.create_run(db, cfg.resolved(), name=cfg.name, tags=tags, by=by, on_host=on_host)

@@ -1,8 +1,10 @@
 """All SQL of VisionBoard: schema migrations, runs and their life-cycle, workers, metrics
-and datasets. No other module writes SQL.
+and datasets. No other module writes SQL (engine/database.py runs it on either database).
 
 One SQLite file under the data directory, in WAL mode with a busy timeout, so the dashboard,
-the worker and the trainer can use it at once. One writer per column of `runs`:
+the worker and the trainer can use it at once; or, for workers on several hosts, one
+PostgreSQL database ($VISIONBOARD_DB), the same queries and migrations. One writer per column
+of `runs`:
 
 - the dashboard and the CLI write config, name, tags and note, and the user's requests
   cancel_requested and resume_requested (create_run, rename_run, set_tags, set_note,
@@ -50,8 +52,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import sqlite3
 import sys
 import time
 from collections.abc import Iterable
@@ -59,21 +59,31 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
-from engine import choices, data_roots, disk, passwords
-from engine.home import home_dir
+from engine import choices, data_roots, database, disk, passwords
+from engine.database import sqlite_utils  # loaded without pandas: engine.database says why
+from engine.home import home_dir, host_name
 from engine.run_folder import LOG, RunFolder
 
 DB_NAME = "visionboard.db"
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_MS = database.BUSY_TIMEOUT_MS
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
 JSON_COLUMNS = ("config", "summary", "tags")
 
 
+# Hosts sharing a PostgreSQL store write and compare stamps on the database server's clock
+# (its offset from this host's clock is measured at connect), so a host whose clock is off by
+# a minute neither takes the others' live workers for gone nor keeps its dead ones alive. One
+# host on SQLite reads its own clock (offset 0).
+_clock_offset = timedelta(0)
+
+
+def _clock() -> datetime:
+    return datetime.now(UTC) + _clock_offset
+
+
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return _clock().isoformat(timespec="seconds")
 
 
 def run_dir(run_id: int, home: str | Path | None = None) -> Path:
@@ -81,17 +91,25 @@ def run_dir(run_id: int, home: str | Path | None = None) -> Path:
     return RunFolder(home_dir(home), run_id).create().path
 
 
-def connect(home: str | Path | None = None) -> sqlite_utils.Database:
-    """Open (and migrate) the database of a data directory."""
-    path = home_dir(home) / DB_NAME
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    db = sqlite_utils.Database(conn)
-    db.home = path.parent  # type: ignore[attr-defined]
-    if db.journal_mode != "wal":
-        db.enable_wal()
+def connect(home: str | Path | None = None, url: str | None = None):
+    """Open (and migrate) the store of a data directory: the PostgreSQL database at `url` or
+    $VISIONBOARD_DB when one is set (every process of a team, on every host, says the same),
+    else the SQLite file in the data directory. The one place that decides."""
+    path = home_dir(home)
+    db = database.connect(database.configured_url(url), path / DB_NAME, path)
+    if db.url:
+        _measure_clock(db)
     migrate(db)
     return db
+
+
+def _measure_clock(db) -> None:
+    """Set this process's offset to the database server's clock (see _clock_offset)."""
+    global _clock_offset
+    before = datetime.now(UTC)
+    server = database.server_time(db)
+    after = datetime.now(UTC)
+    _clock_offset = server - (before + (after - before) / 2)
 
 
 # -- migrations ---------------------------------------------------------------------------
@@ -145,7 +163,10 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
 
 
 def _m002_run_ids_never_reused(db: sqlite_utils.Database) -> None:
-    """AUTOINCREMENT: a deleted run's id is never given to a new run (scripts hold ids)."""
+    """AUTOINCREMENT: a deleted run's id is never given to a new run (scripts hold ids). (A
+    PostgreSQL identity never gives an id twice: nothing to do there.)"""
+    if database.dialect(db) is not database.SQLITE:
+        return
     sql = db.execute("select sql from sqlite_master where name = 'runs'").fetchone()[0]
     sql = re.sub(r'CREATE TABLE ["\[]?runs["\]]?', "CREATE TABLE runs_new", sql, count=1)
     sql = re.sub(r'(["\[]?id["\]]? INTEGER PRIMARY KEY)', r"\1 AUTOINCREMENT", sql, count=1)
@@ -210,12 +231,31 @@ def _m006_ownership_audit(db: sqlite_utils.Database) -> None:
     )
     # AUTOINCREMENT: a record's id is never given to another, even after pruning.
     db.execute(
-        "create table audit (id integer primary key autoincrement, at text not null, "
+        f"create table audit (id {database.dialect(db).autoincrement_pk}, at text not null, "
         "username text not null, action text not null, target_kind text not null, "
         "target_id text not null, detail text not null default '{}')"
     )
     db["audit"].create_index(["username"])
     db["audit"].create_index(["target_kind", "target_id"])
+
+
+def _m007_api_tokens(db) -> None:
+    """Per-user API tokens: only the SHA-256 of each token is kept (like sessions); `id` is
+    the token's public name (listed, revoked by it). `local_admin`: a token of the single
+    local admin of a server without accounts (no users row), good only while it has none."""
+    db.execute(
+        "create table api_tokens (id text primary key, token_hash text not null unique, "
+        "username text not null, name text not null default '', local_admin integer not null "
+        "default 0, created_at text not null, last_used_at text, revoked_at text)"
+    )
+    db.execute("create index api_tokens_username on api_tokens (username)")
+
+
+def _m008_hosts(db) -> None:
+    """Workers on several hosts: the devices each worker serves (`0,1`, or `cpu`), and the host
+    a run is pinned to (NULL: the first free worker anywhere)."""
+    db.execute("alter table workers add column devices text")
+    db.execute("alter table runs add column on_host text")
 
 
 MIGRATIONS = [
@@ -225,22 +265,14 @@ MIGRATIONS = [
     _m004_trainer_process_and_served_run,
     _m005_users,
     _m006_ownership_audit,
+    _m007_api_tokens,
+    _m008_hosts,
 ]
 
 
-def migrate(db: sqlite_utils.Database) -> None:
+def migrate(db) -> None:
     """Apply the migrations this database has not seen yet, each in its own transaction."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    for number, step in enumerate(MIGRATIONS, start=1):
-        if number <= version:
-            continue
-        with db.conn:
-            db.conn.execute("BEGIN IMMEDIATE")
-            # Another process may have migrated while we waited for the lock.
-            if db.execute("PRAGMA user_version").fetchone()[0] >= number:
-                continue
-            step(db)
-            db.conn.execute(f"PRAGMA user_version = {number}")
+    database.migrate(db, MIGRATIONS)
 
 
 # -- runs ---------------------------------------------------------------------------------
@@ -260,15 +292,27 @@ def _decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def create_run(
-    db, config: dict[str, Any], name: str = "", tags: Iterable[str] = (), *, by: dict[str, Any]
+    db,
+    config: dict[str, Any],
+    name: str = "",
+    tags: Iterable[str] = (),
+    *,
+    by: dict[str, Any],
+    on_host: str | None = None,
 ) -> int:
     """Queue a run for `by` (a member or an admin), who owns it; `config` is a
-    RunConfig.resolved() dict. Returns the run id."""
-    return _queue_run(db, config, name, tags, by, "queue", {})
+    RunConfig.resolved() dict. `on_host`: only a worker on that host may take it (None: the
+    first free worker). Returns the run id."""
+    return _queue_run(db, config, name, tags, by, "queue", {}, on_host)
 
 
-def _queue_run(db, config, name, tags, by, action: str, detail: dict[str, Any]) -> int:
+def _queue_run(
+    db, config, name, tags, by, action: str, detail: dict[str, Any], on_host: str | None = None
+) -> int:
     check_permission(by, "queue")
+    on_host = (on_host or "").strip() or None
+    if on_host:
+        detail = {**detail, "on_host": on_host}
     dataset = str(config.get("dataset", ""))
     if looks_like_path(dataset) and get_dataset(db, dataset) is None:
         data_roots.confine(dataset, db.home, what="datasets")  # PathRefused: one message
@@ -288,13 +332,15 @@ def _queue_run(db, config, name, tags, by, action: str, detail: dict[str, Any]) 
         "created_at": now(),
         "cancel_requested": 0,
         "resume_requested": 0,
+        "on_host": on_host,
     }
     columns = ", ".join(f'"{column}"' for column in row)
     with db.conn:
         cursor = db.conn.execute(
-            f"insert into runs ({columns}) values ({_marks(tuple(row))})", list(row.values())
+            f"insert into runs ({columns}) values ({_marks(tuple(row))}) returning id",
+            list(row.values()),
         )
-        run_id = cursor.lastrowid
+        run_id = cursor.fetchone()[0]
         _audit(db, by, action, "run", run_id, {"name": name, **detail})
     return run_id
 
@@ -337,10 +383,11 @@ def list_runs(
             where.append(f"{col} = ?")
             args.append(value)
     if tag:
-        where.append("exists (select 1 from json_each(runs.tags) where value = ?)")
+        tags = database.dialect(db).json_values("runs.tags")
+        where.append(f"exists (select 1 from {tags} where value = ?)")
         args.append(tag)
-    if search:
-        where.append("name like ?")
+    if search:  # any case, as SQLite's LIKE (PostgreSQL's minds the case)
+        where.append("lower(name) like lower(?)")
         args.append(f"%{search}%")
     sql = "select * from runs"
     if where:
@@ -369,8 +416,11 @@ def runs_version(db) -> dict[str, Any]:
     through the latest audit record): one small aggregate, so a page polling it redraws only
     when something changed. Compare tokens with ==."""
     sql = (
-        "select count(*), max(id), sum(status = 'queued'), sum(status = 'running'), "
-        "sum(status = 'completed'), sum(status = 'failed'), sum(cancel_requested), "
+        "select count(*), max(id), count(case when status = 'queued' then 1 end), "
+        "count(case when status = 'running' then 1 end), "
+        "count(case when status = 'completed' then 1 end), "
+        "count(case when status = 'failed' then 1 end), "
+        "count(case when cancel_requested != 0 then 1 end), "
         "max(started_at), max(finished_at), max(heartbeat_at), "
         "(select max(id) from audit where target_kind = 'run') from runs"
     )
@@ -400,29 +450,42 @@ def distinct_values(db, column: str) -> list[str]:
     return [r[0] for r in db.execute(sql + f" order by {column}").fetchall()]
 
 
-def claim_run(db, worker: str, run_id: int | None = None) -> dict[str, Any] | None:
-    """Atomically take the oldest queued run (or `run_id`) and mark it running (worker only).
+def claim_run(
+    db, worker: str, run_id: int | None = None, host: str | None = None
+) -> dict[str, Any] | None:
+    """Atomically take the oldest queued run (or `run_id`) and mark it running (worker only);
+    with `host`, only a run pinned to that host or to none. Of workers claiming at once, on
+    any host, each run goes to one: SQLite lets one writer in (BEGIN IMMEDIATE), PostgreSQL
+    locks the row and the others skip it (FOR UPDATE SKIP LOCKED), without waiting.
     This opens an attempt: the trainer's heartbeat_at starts at the claim, its error, process
     and stop reason empty."""
+    row_lock = database.dialect(db).claim_lock
     with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
-        sql = "select id from runs where status = 'queued'"
+        if not row_lock:
+            db.conn.execute("BEGIN IMMEDIATE")
+        sql = "select id, summary from runs where status = 'queued'"
         args: list[Any] = []
         if run_id is not None:
             sql += " and id = ?"
             args.append(run_id)
-        row = db.conn.execute(sql + " order by id limit 1", args).fetchone()
+        if host is not None:
+            sql += " and (on_host is null or on_host = ?)"
+            args.append(host)
+        row = db.conn.execute(sql + " order by id limit 1" + row_lock, args).fetchone()
         if row is None:
             return None
         stamp = now()
         # The last attempt's stop reason goes too: an orphan's ending is read from it.
-        db.conn.execute(
+        summary = _decode({"summary": row[1]})["summary"]
+        summary.pop("stop_reason", None)
+        claimed = db.conn.execute(
             "update runs set status = 'running', worker = ?, started_at = ?, heartbeat_at = ?, "
             "finished_at = null, error = null, trainer_error = null, trainer_pid = null, "
-            "trainer_host = null, summary = json_remove(coalesce(summary, '{}'), "
-            "'$.stop_reason') where id = ?",
-            [worker, stamp, stamp, row[0]],
+            "trainer_host = null, summary = ? where id = ? and status = 'queued'",
+            [worker, stamp, stamp, json.dumps(summary), row[0]],
         )
+        if claimed.rowcount == 0:
+            return None  # taken meanwhile
     RunFolder(db.home, row[0]).clear_trainers()  # the last attempt's processes, if any
     return get_run(db, row[0])
 
@@ -811,7 +874,8 @@ def queue_rerun(db, run_id: int, *, by: dict[str, Any]) -> int:
     check_permission(by, "rerun", run["user"] or "", f"run {run_id}")
     check_action(run, "rerun")
     name = rerun_name(run["name"], run_id)
-    return _queue_run(db, run["config"], name, run["tags"], by, "rerun", {"of": run_id})
+    detail = {"of": run_id}
+    return _queue_run(db, run["config"], name, run["tags"], by, "rerun", detail, run["on_host"])
 
 
 RERUN_SUFFIX = re.compile(r" \(re-run of #\d+\)$")
@@ -913,25 +977,26 @@ def delete_run(db, run_id: int, *, by: dict[str, Any]) -> None:
 
 
 def all_tags(db) -> list[str]:
-    rows = db.execute(
-        "select distinct value from runs, json_each(runs.tags) order by value"
-    ).fetchall()
+    tags = database.dialect(db).json_values("runs.tags")
+    rows = db.execute(f"select distinct value from runs, {tags} order by value").fetchall()
     return [r[0] for r in rows]
 
 
 # -- workers ------------------------------------------------------------------------------
 
 
-def beat_worker(db, name: str, host: str, pid: int, run_id: int | None = None) -> None:
+def beat_worker(
+    db, name: str, host: str, pid: int, run_id: int | None = None, devices: str | None = None
+) -> None:
     """A worker says it serves this data directory's queue, or only run `run_id` (worker only;
-    first beat adds its row)."""
+    first beat adds its row), on `host` with `devices` (`0,1`, or `cpu`)."""
     stamp = now()
     with db.conn:
         db.conn.execute(
-            "insert into workers (name, host, pid, started_at, heartbeat_at, run_id) "
-            "values (?, ?, ?, ?, ?, ?) "
+            "insert into workers (name, host, pid, started_at, heartbeat_at, run_id, devices) "
+            "values (?, ?, ?, ?, ?, ?, ?) "
             "on conflict (name) do update set heartbeat_at = excluded.heartbeat_at",
-            [name, host, int(pid), stamp, stamp, run_id],
+            [name, host, int(pid), stamp, stamp, run_id, devices],
         )
 
 
@@ -943,6 +1008,12 @@ def remove_worker(db, name: str) -> None:
 
 def list_workers(db) -> list[dict[str, Any]]:
     return list(db.query("select * from workers order by started_at"))
+
+
+def worker_hosts(db) -> list[str]:
+    """The hosts of the live workers that serve the queue (where a run can be pinned)."""
+    hosts = {w["host"] for w in list_workers(db) if w["run_id"] is None and worker_alive(w)}
+    return sorted(hosts)
 
 
 # -- liveness: workers, trainers, orphaned runs ---------------------------------------------
@@ -1009,7 +1080,7 @@ def process_started(pid: int) -> str | None:
 def trainer_processes(home: str | Path, run_id: int) -> list[int]:
     """The pids of the run's trainer processes (the current attempt's, as each recorded
     itself) that still run on this host."""
-    here = socket.gethostname()
+    here = host_name()
     return [
         pid
         for host, pid, started in RunFolder(home, run_id).trainer_records()
@@ -1052,21 +1123,25 @@ def _age(stamp: str | None) -> float:
     """Seconds since an ISO time; very large when there is none."""
     if not stamp:
         return 1e9
-    return (datetime.now(UTC) - datetime.fromisoformat(stamp)).total_seconds()
+    return (_clock() - datetime.fromisoformat(stamp)).total_seconds()
 
 
 def worker_alive(worker: dict[str, Any] | None) -> bool:
     """Whether a `workers` row belongs to a live worker."""
     if worker is None or _age(worker["heartbeat_at"]) > WORKER_PULSE_SECONDS:
         return False
-    return worker["host"] != socket.gethostname() or pid_alive(worker["pid"])
+    return worker["host"] != host_name() or pid_alive(worker["pid"])
 
 
-def worker_running(db, run_id: int | None = None) -> bool:
+def worker_running(db, run_id: int | None = None, host: str | None = None) -> bool:
     """Whether a live worker would start queued runs (or run `run_id`): one serving the queue,
-    or one a `visionboard train` started for that run alone."""
+    or one a `visionboard train` started for that run alone; with `host` (a pinned run's), one
+    on that host."""
     return any(
-        worker_alive(w) and (w["run_id"] is None or w["run_id"] == run_id) for w in list_workers(db)
+        worker_alive(w)
+        and (w["run_id"] is None or w["run_id"] == run_id)
+        and (not host or w["host"] == host)
+        for w in list_workers(db)
     )
 
 
@@ -1099,7 +1174,7 @@ def trainer_alive(db, run: dict[str, Any]) -> bool:
     beat since the claim, has no trainer at all."""
     if trainer_processes(db.home, run["id"]):
         return True
-    if run.get("trainer_pid") and run.get("trainer_host") == socket.gethostname():
+    if run.get("trainer_pid") and run.get("trainer_host") == host_name():
         return group_alive(run["trainer_pid"])
     if not run.get("trainer_pid") and run.get("worker_gone"):
         if run.get("heartbeat_at") == run.get("started_at"):
@@ -1184,7 +1259,7 @@ def settle_quietly(db, run_id: int | None = None) -> list[int]:
         if run_id is None:
             return settle_orphans(db)
         return [run_id] if settle_run(db, run_id) else []
-    except (sqlite3.OperationalError, OSError) as exc:
+    except (*database.OperationalError, OSError) as exc:
         if disk.is_disk_full(exc) or "locked" in str(exc):
             return []
         raise
@@ -1249,6 +1324,19 @@ def run_as_json(db, run_id: int) -> dict[str, Any] | None:
     out["summary"] = run["summary"]
     out["metrics"] = get_metrics(db, run_id)
     return out
+
+
+RUN_BRIEF_KEYS = ("id", "name", "status", "task", "model", "dataset", "user", "tags",
+                  "created_at", "finished_at")  # fmt: skip
+
+
+def run_brief(run: dict[str, Any]) -> dict[str, Any]:
+    """The public shape of one run in `visionboard runs --json` and the API's run list."""
+    return {
+        **{k: run[k] for k in RUN_BRIEF_KEYS},
+        "worker_gone": run["worker_gone"],
+        "summary": run["summary"],
+    }
 
 
 # -- users and sign-in sessions ----------------------------------------------------------
@@ -1320,7 +1408,7 @@ def add_user(
             )
             detail = {"role": role, "source": source, **({"disabled": True} if disabled else {})}
             _audit(db, by, "add_user", "user", username, detail)
-    except sqlite3.IntegrityError:
+    except database.IntegrityError:
         raise UserError(f"user {username!r} already exists") from None
     return get_user(db, username)
 
@@ -1430,7 +1518,7 @@ def sign_in_locked_until(db, username: str) -> datetime | None:
         return None
     newest, oldest = datetime.fromisoformat(stamps[0]), datetime.fromisoformat(stamps[-1])
     until = newest + timedelta(seconds=LOCK_SECONDS)
-    if (newest - oldest).total_seconds() > LOCK_SECONDS or datetime.now(UTC) >= until:
+    if (newest - oldest).total_seconds() > LOCK_SECONDS or _clock() >= until:
         return None
     return until
 
@@ -1531,7 +1619,7 @@ def open_session(db, username: str, seconds: float = SESSION_SECONDS) -> str:
     """Start a signed-in session for a browser; returns the token its cookie keeps."""
     _existing_user(db, username)
     token = passwords.new_token()
-    stamp = datetime.now(UTC)
+    stamp = _clock()
     expires = datetime.fromtimestamp(stamp.timestamp() + seconds, UTC)
     with db.conn:
         db.conn.execute("delete from sessions where expires_at <= ?", [now()])
@@ -1670,3 +1758,134 @@ def record_weights(db, model: str, path: str, source: str, *, by: dict[str, Any]
 def list_imported_weights(db) -> dict[str, dict[str, Any]]:
     """model -> {"model", "path", "source", "added_by", "added_at"} of each import recorded."""
     return {row["model"]: row for row in db.query("select * from weights order by model")}
+
+
+# -- API tokens -----------------------------------------------------------------------------
+#
+# Scripts call the automation API (engine/api) with `Authorization: Bearer <token>`. A token
+# acts as its user with the user's current role (read from `users` at every call, so a role
+# change, a disabled account or a revoked token counts at once); the database keeps only its
+# SHA-256. A server without accounts has one user, its local admin: a token made for that
+# user (`local_admin`) is good only while the server has no accounts (the caller says whether
+# it has, as it alone knows about an identity provider), like the dashboard's local admin.
+
+API_TOKEN_PREFIX = "vb_"
+# last_used_at is written at most this often per token: not one write per API call.
+TOKEN_TOUCH_SECONDS = 60.0
+
+
+def _check_token_rights(by: dict[str, Any] | None, username: str) -> None:
+    """Anyone signed in manages their own tokens (a viewer's token only reads); an admin
+    manages everyone's."""
+    if by and not by.get("disabled") and by.get("role") in RIGHTS:
+        if by.get("username") == username:
+            return
+    check_permission(by, "manage_users")
+
+
+def _public_token(row: dict[str, Any]) -> dict[str, Any]:
+    token = {k: v for k, v in dict(row).items() if k != "token_hash"}
+    token["local_admin"] = bool(token["local_admin"])
+    token["revoked"] = token["revoked_at"] is not None
+    return token
+
+
+def add_api_token(
+    db, username: str, name: str = "", *, by: dict[str, Any], local_admin: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """A new API token for `username` (their own, or anyone's for an admin): (the token, shown
+    once and never stored, its record). `local_admin`: the token of a server without accounts'
+    local admin, who has no users row."""
+    _check_token_rights(by, username)
+    name = (name or "").strip()
+    if len(name) > 100:
+        raise UserError(f"token name {name[:20]!r}...: at most 100 characters")
+    if local_admin:
+        if count_users(db):
+            raise UserError(
+                "this server has accounts: a token belongs to one of them (name its user)"
+            )
+    else:
+        row = _existing_user(db, username)
+        if row["disabled"]:
+            raise UserError(f"user {username!r} is disabled: enable the account first")
+    token_id = passwords.new_token_id()
+    token = f"{API_TOKEN_PREFIX}{token_id}_{passwords.new_token()}"
+    with db.conn:
+        db.execute(
+            "insert into api_tokens (id, token_hash, username, name, local_admin, created_at) "
+            "values (?, ?, ?, ?, ?, ?)",
+            [token_id, passwords.hash_token(token), username, name, int(local_admin), now()],
+        )
+        _audit(db, by, "add_token", "user", username, {"token": token_id, "name": name})
+    return token, get_api_token(db, token_id)
+
+
+def get_api_token(db, token_id: str) -> dict[str, Any] | None:
+    rows = list(db.query("select * from api_tokens where id = ?", [token_id]))
+    return _public_token(rows[0]) if rows else None
+
+
+def list_api_tokens(db, username: str | None = None, *, by: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tokens of `username` (theirs, or an admin's), or with None everyone's (admins);
+    revoked ones included (`revoked`), never the token itself."""
+    if username is None:
+        check_permission(by, "manage_users")
+        rows = db.query("select * from api_tokens order by created_at, id")
+    else:
+        _check_token_rights(by, username)
+        rows = db.query(
+            "select * from api_tokens where username = ? order by created_at, id", [username]
+        )
+    return [_public_token(r) for r in rows]
+
+
+def revoke_api_token(db, token_id: str, *, by: dict[str, Any]) -> None:
+    """A token stops working at once: its owner's or an admin's act. Revoking a revoked
+    token changes nothing."""
+    token = get_api_token(db, token_id)
+    if token is None:
+        raise UserError(f"no API token {token_id!r} (`visionboard tokens list` shows them)")
+    _check_token_rights(by, token["username"])
+    if token["revoked"]:
+        return
+    with db.conn:
+        db.execute(
+            "update api_tokens set revoked_at = ? where id = ? and revoked_at is null",
+            [now(), token_id],
+        )
+        _audit(db, by, "revoke_token", "user", token["username"], {"token": token_id})
+
+
+def api_token_user(db, token: str | None, local_mode: bool) -> dict[str, Any] | None:
+    """The user an API token acts as, with their current role; None for no token, an unknown
+    or revoked one, a disabled account, or a local admin's token on a server that has
+    accounts now (`local_mode`: it has none)."""
+    if not token:
+        return None
+    rows = list(
+        db.query(
+            "select t.id, t.username, t.local_admin, t.last_used_at, u.role, u.disabled, "
+            "u.source, u.email from api_tokens t left join users u on u.username = t.username "
+            "where t.token_hash = ? and t.revoked_at is null",
+            [passwords.hash_token(token)],
+        )
+    )
+    if not rows:
+        return None
+    row = rows[0]
+    if row["local_admin"]:
+        if not local_mode:
+            return None
+        user = {"username": row["username"], "role": "admin", "source": "local",
+                "single_user": True}  # fmt: skip
+    elif row["role"] is None or row["disabled"]:
+        return None
+    else:
+        user = {"username": row["username"], "role": row["role"], "source": row["source"],
+                "email": row["email"] or "", "disabled": False}  # fmt: skip
+    if _age(row["last_used_at"]) > TOKEN_TOUCH_SECONDS:
+        with db.conn:
+            db.execute("update api_tokens set last_used_at = ? where id = ?", [now(), row["id"]])
+    user["token"] = row["id"]
+    return user

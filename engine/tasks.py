@@ -10,6 +10,8 @@ declares one, else test); with val, the best model is scored once more on `final
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,9 @@ from engine.data import (
     DetectionTransform,
     build_transform,
     collate_detection,
+    read_image,
 )
+from engine.data.image_cache import ImageCache, cache_budget, estimate_bytes, plan_cache
 
 
 def dataloader_config(cfg: RunConfig) -> DataLoaderConfiguration:
@@ -84,6 +88,15 @@ class Task:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
+    def cache_images(self, processes: int) -> str | None:
+        """Keep the decoded images of the splits the run reads in memory, where the task
+        and cfg.cache_images allow; what was done, for the log (None: nothing to say)."""
+        return None
+
+    def loader_workers(self) -> int:
+        """Loader worker processes per loader: cfg.num_workers."""
+        return self.cfg.num_workers
+
     @property
     def eval_split(self) -> str:
         """The split evaluated each epoch (best epoch, early stopping, plateau schedule): val
@@ -108,8 +121,8 @@ class Task:
             # start (each epoch, or once when persistent), which would move dropout's stream.
             "generator": torch.Generator().manual_seed(cfg.seed),
             "batch_size": cfg.batch_size,
-            "num_workers": cfg.num_workers,
-            "persistent_workers": cfg.num_workers > 0,
+            "num_workers": self.loader_workers(),
+            "persistent_workers": self.loader_workers() > 0,
             "pin_memory": torch.cuda.is_available() and cfg.device != "cpu",
             "collate_fn": self.collate,
         }
@@ -139,7 +152,57 @@ class Task:
         raise NotImplementedError
 
 
+# Developer switches for bench/bench_vs_timm.py, which measures what each lever is worth.
+DRAFT_ENV = "VISIONBOARD_DRAFT_DECODE"  # "0": decode every JPEG at full size
+DRAFT_MARGIN = 2  # decode at least this many times the input size: the resize still averages
+
+
+def decode_size(cfg: RunConfig, image_size: int) -> int | None:
+    """The side under which no JPEG of the run is decoded (engine.data.images.read_image):
+    twice the input size, or more where a random crop may keep a small share of the image,
+    so the crop, once resized, is still made of averaged pixels."""
+    if os.environ.get(DRAFT_ENV) == "0":
+        return None
+    share = cfg.crop_min_ratio if cfg.augment_crop else 1.0
+    return math.ceil(image_size * max(DRAFT_MARGIN, 1 / math.sqrt(share)))
+
+
 class ClassificationTask(Task):
+    def __init__(self, cfg: RunConfig, splits: DatasetSplits, model_input: dict[str, Any]):
+        super().__init__(cfg, splits, model_input)
+        self.decode_size = decode_size(cfg, model_input["image_size"])
+        self.image_cache: ImageCache | None = None
+
+    def used_paths(self) -> list[str]:
+        """The files of every split the run reads: train, then the evaluated ones."""
+        names = ["train", *filter(None, (self.eval_split, self.final_split))]
+        return [s.path for name in names for s in getattr(self.splits, name)]
+
+    def cache_images(self, processes):
+        paths, mode = self.used_paths(), self.cfg.cache_images
+        needed = estimate_bytes(paths, self.decode_size, self.cfg.seed)
+        allowed = cache_budget(processes)
+        budget = plan_cache(mode, needed, allowed)
+        if budget is None:
+            why = f" (about {needed >> 20} MiB needed, {allowed >> 20} MiB allowed)"
+            return f"image cache {mode}: images read from their files each time" + (
+                why if mode == "auto" else ""
+            )
+        self.image_cache = ImageCache(budget)
+        kept = self.image_cache.fill(paths, lambda path: read_image(path, self.decode_size))
+        return (
+            f"image cache: {kept} of {len(paths)} images decoded once, kept in memory "
+            f"({self.image_cache.used >> 20} MiB)"
+        )
+
+    def loader_workers(self):
+        """No workers (0) when the cache holds every image the run reads: a worker would copy a
+        cached image out and back over a queue, which costs more than the transform it saves
+        (bench/bench_vs_timm.py, on 2 cores: 1.9 s an epoch without workers, 2.2 s with 2)."""
+        if self.image_cache is not None and all(p in self.image_cache for p in self.used_paths()):
+            return 0
+        return self.cfg.num_workers
+
     def prepare_model(self, model):
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -147,7 +210,8 @@ class ClassificationTask(Task):
 
     def dataset(self, samples, train):
         size, mean, std = self.input["image_size"], self.input["mean"], self.input["std"]
-        return ClassificationDataset(samples, build_transform(self.cfg, train, size, mean, std))
+        transform = build_transform(self.cfg, train, size, mean, std)
+        return ClassificationDataset(samples, transform, self.decode_size, self.image_cache)
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         if self.cfg.channels_last:
@@ -156,7 +220,10 @@ class ClassificationTask(Task):
 
     def train_step(self, model, batch):
         _, images, labels = batch
-        loss = torch.nn.functional.cross_entropy(model(self._images(images)), labels)
+        # Smoothed targets in training only: the evaluated loss stays the plain log loss.
+        loss = torch.nn.functional.cross_entropy(
+            model(self._images(images)), labels, label_smoothing=self.cfg.label_smoothing
+        )
         return loss, {}, len(labels)
 
     @torch.no_grad()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import traceback
 
@@ -33,7 +32,7 @@ from engine.best_model import (
 )
 from engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from engine.config import RunConfig
-from engine.data import load_splits
+from engine.data import load_splits, probe_cache
 from engine.early_stopping import EarlyStopping
 from engine.launch import LAUNCHED_ENV, trains_on_cpu
 from engine.metric_log import Cancelled, MetricLog
@@ -41,10 +40,12 @@ from engine.models import count_parameters, create_model, model_input
 from engine.optim import create_optimizer, create_schedule
 from engine.run_folder import RunFolder
 from engine.tasks import create_task, dataloader_config
+from engine.timings import Timings
 
 
 class Trainer:
     def __init__(self, run_id: int, home: str | None, resume: bool):
+        self.timings = Timings()  # the launch ends here: interpreters and imports are done
         self.home = store.home_dir(home)
         self.db = store.connect(self.home)
         run = store.get_run(self.db, run_id)
@@ -77,23 +78,33 @@ class Trainer:
         cfg, procs = self.cfg, self.accelerator.num_processes
         set_seed(cfg.seed)
         dataset_path = store.resolve_dataset(self.db, cfg.dataset)
-        splits = load_splits(dataset_path, cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
+        # Images probed at submit (or by an earlier run) and unchanged since are not probed again.
+        with self.timings.phase("data_check"), probe_cache.using(self.home):
+            splits = load_splits(
+                dataset_path, cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed
+            )
         for problem in splits.problems:
             self.print(f"dataset problem: {problem['file']}: {problem['message']}")
         self.print(
             f"dataset {dataset_path}: {splits.format}, {len(splits.classes)} classes, "
             f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images"
         )
-        model = create_model(cfg, len(splits.classes), home=self.home)
-        self.task = create_task(cfg, splits, model_input(cfg, model))
-        trainable, total = count_parameters(model)
+        with self.timings.phase("model"):
+            model = create_model(cfg, len(splits.classes), home=self.home)
+            self.task = create_task(cfg, splits, model_input(cfg, model))
+            trainable, total = count_parameters(model)
+            model = self.task.prepare_model(model)
+            optimizer = create_optimizer(cfg, model)
+        with self.timings.phase("image_cache"):  # before the loaders' workers start
+            cached = self.task.cache_images(procs)
+        with self.timings.phase("model"):
+            loaders = self.task.loaders(procs)  # train, then the evaluated splits
+            self.model, self.optimizer, *prepared = self.accelerator.prepare(
+                model, optimizer, *loaders.values()
+            )
         self.print(f"model {cfg.model_name}: {trainable:,} of {total:,} parameters trainable")
-        model = self.task.prepare_model(model)
-        optimizer = create_optimizer(cfg, model)
-        loaders = self.task.loaders(procs)  # train, then the evaluated splits
-        self.model, self.optimizer, *prepared = self.accelerator.prepare(
-            model, optimizer, *loaders.values()
-        )
+        if cached:
+            self.print(cached)
         self.loaders = dict(zip(loaders, prepared))
         self.train_loader = self.loaders["train"]
         self.schedule = create_schedule(cfg, self.optimizer, len(self.train_loader))
@@ -137,11 +148,14 @@ class Trainer:
             epoch = self.state.epoch + 1
             # Images/s and the ETA come from step timing, at every flush (engine.metric_log).
             self.metric_log.start_epoch(epoch, self.state.step)
-            values = self.train_epoch(epoch)
+            phase = self.timings.phase
+            with phase("train", epoch):
+                values = self.train_epoch(epoch)
             split = self.task.eval_split
-            scores, predictions = self.task.evaluate(
-                self.model, split, self.loaders[split], self.accelerator, self.metric_log.beat
-            )
+            with phase("evaluate", epoch):
+                scores, predictions = self.task.evaluate(
+                    self.model, split, self.loaders[split], self.accelerator, self.metric_log.beat
+                )
             value = scores.get(self.cfg.metric_name, float("nan"))
             self.schedule.step_epoch(value)
             self.state.epoch = epoch
@@ -157,15 +171,18 @@ class Trainer:
                     split,
                 )
                 # A full disk stops the run here, with room left to record why (engine.disk).
-                self.require_space(disk.model_bytes(self.model))
-                save_best_model(self.accelerator, self.model, self.folder, card, predictions)
+                with phase("save", epoch):
+                    self.require_space(disk.model_bytes(self.model))
+                    save_best_model(self.accelerator, self.model, self.folder, card, predictions)
             # test_* whichever split it was (the public metric names; summary.eval_split says).
             values |= {f"test_{k}": v for k, v in scores.items() if is_number(v)}
             # The cancel check comes after the checkpoint and the summary: a cancel seen at the
             # end of an epoch keeps that epoch.
-            self.metric_log.record_epoch(self.state.step, epoch, values, check=False)
-            self.require_space(disk.checkpoint_bytes(self.model, self.optimizer))
-            save_checkpoint(self.accelerator, self.folder, self.state, self.schedule)
+            with phase("log", epoch):
+                self.metric_log.record_epoch(self.state.step, epoch, values, check=False)
+            with phase("checkpoint", epoch):
+                self.require_space(disk.checkpoint_bytes(self.model, self.optimizer))
+                save_checkpoint(self.accelerator, self.folder, self.state, self.schedule)
             self.metric_log.summary(
                 epoch=epoch,
                 epochs_trained=epoch,
@@ -174,6 +191,7 @@ class Trainer:
                 best_epoch=self.state.best_epoch,
                 epochs_since_best=self.state.since_best,
                 last_metrics=values,
+                timings=self.timings.summary(),
             )
             self.print(
                 f"epoch {epoch}/{self.cfg.epochs}: "
@@ -183,6 +201,13 @@ class Trainer:
             )
             self.metric_log.check()
         return reason
+
+    def stop_loader_workers(self) -> None:
+        """Persistent loader workers stop now, not in the interpreter's teardown."""
+        for loader in getattr(self, "loaders", {}).values():
+            iterator = getattr(loader, "_iterator", None)
+            if hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
 
     def require_space(self, needed: int) -> None:
         """disk.require_space, decided by the main process for all: every process stops at
@@ -204,9 +229,10 @@ class Trainer:
         if not load_best_model(self.accelerator, self.model, self.folder):
             self.print(f"no best model was saved: no final report on the {split} split")
             return
-        metrics, predictions = self.task.evaluate(
-            self.model, split, self.loaders[split], self.accelerator, self.metric_log.beat
-        )
+        with self.timings.phase("final_test"):
+            metrics, predictions = self.task.evaluate(
+                self.model, split, self.loaders[split], self.accelerator, self.metric_log.beat
+            )
         report = final_report(metrics, split, self.state.best_epoch, len(predictions["paths"]))
         save_final_report(self.accelerator, self.folder, report, predictions)
         self.metric_log.summary(final_test=report)
@@ -239,6 +265,7 @@ class Trainer:
             self.optimizer.step()
             self.schedule.step_batch()
             self.state.step += 1
+            self.timings.step_done()
             count += n
             for name, value in {"loss": loss, **parts}.items():
                 sums.setdefault(name, torch.zeros(1, device=device))
@@ -274,7 +301,7 @@ def record_trainer_process(run_id: int, home: str | None) -> None:
     pid = os.getpid()
     started = store.process_started(pid) or ""
     try:
-        RunFolder(store.home_dir(home), run_id).record_trainer(socket.gethostname(), pid, started)
+        RunFolder(store.home_dir(home), run_id).record_trainer(store.host_name(), pid, started)
     except OSError as exc:  # a full disk: the launcher's group and PDEATHSIG still hold it
         print(f"could not record trainer process {pid}: {exc}", file=sys.stderr, flush=True)
 
@@ -304,11 +331,19 @@ def main(argv: list[str] | None = None) -> int:
             store.record_trainer_error(db, args.run_id, message)
     if trainer is not None:
         trainer.metric_log.flush()
-        trainer.metric_log.summary(stop_reason=reason)
+        trainer.metric_log.summary(
+            stop_reason=reason, timings=trainer.timings.summary(finished=True)
+        )
         trainer.print(f"stopped: {reason}")
         trainer.accelerator.end_training()
+        trainer.stop_loader_workers()
     return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    # The run is written and its loaders' workers are stopped: leave without the interpreter's
+    # teardown of torch, timm and the rest, seconds before the worker sees the run end.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,18 +23,40 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine import disk, store
+from engine import database, disk, store
+from engine.home import host_name
 from engine.launch import free_port, gpu_count, gpus_needed, launch_command
 from engine.run_folder import LOG, RunFolder
 
 POLL_SECONDS = 1.0
+JOB_EXIT_SECONDS = 0.05  # between two looks at whether a launcher has exited
 CANCEL_GRACE_SECONDS = 60.0  # a cancelled trainer stops at its next step; then it is killed
 RECOVER_SECONDS = 10.0  # how often orphaned runs (other workers' and ours) are settled
 LAUNCHER_GRACE_SECONDS = 10.0  # a launcher gone: what it left gets SIGTERM, then SIGKILL
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{host_name()}:{os.getpid()}"
+
+
+def parse_devices(value: str, present: int | None = None) -> list[int]:
+    """`--devices`: GPU indices such as `0,1`, or `cpu` (none); with `present` (the GPUs this
+    host has, when it has any), only those."""
+    if value.strip().lower() in ("", "cpu", "none"):
+        return []
+    try:
+        gpus = [int(part) for part in value.split(",")]
+    except ValueError:
+        gpus = [-1]
+    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise ValueError(
+            f"--devices {value!r}: expected GPU indices separated by commas (e.g. 0,1), or cpu"
+        )
+    if present and max(gpus) >= present:
+        raise ValueError(
+            f"--devices {value!r}: this host has {present} GPU(s), numbered 0 to {present - 1}"
+        )
+    return gpus
 
 
 @dataclass
@@ -51,6 +72,7 @@ class Job:
 class Worker:
     home: Path
     only_run: int | None = None  # `visionboard train` starts a worker for its run alone
+    devices: list[int] | None = None  # the GPUs it may use (None: every GPU of the host)
     poll: float = POLL_SECONDS
     jobs: dict[int, Job] = field(default_factory=dict)
     # Run endings not yet written (a full disk), retried each poll: run id -> the launcher's
@@ -62,7 +84,8 @@ class Worker:
         self.home = store.home_dir(self.home)
         self.db = store.connect(self.home)
         self.id = worker_id()
-        self.gpus = list(range(gpu_count()))
+        self.host = host_name()
+        self.gpus = list(range(gpu_count())) if self.devices is None else list(self.devices)
 
     # -- the loop ---------------------------------------------------------------------
     def run(self, once: bool = False) -> None:
@@ -77,9 +100,11 @@ class Worker:
                         self.recover()
                         last_recover = time.monotonic()
                     self.watch()
-                    started = self.start_next()
+                    started = False
+                    while self.start_next():  # as many as fit, not one per poll
+                        started = True
                 except Exception as exc:
-                    if not disk.is_disk_full(exc):
+                    if not disk.is_disk_full(exc) and not database.is_connection_lost(exc):
                         raise
                     self.warn(f"cannot write ({exc}); trying again")
                     self.stop_event.wait(self.poll)
@@ -87,9 +112,19 @@ class Worker:
                 idle = not self.jobs and not self.endings and not started
                 if (once or self.only_run is not None) and idle:
                     break
-                self.stop_event.wait(self.poll)
+                self.wait_poll()
         finally:
             self.shutdown()
+
+    def wait_poll(self) -> None:
+        """Wait for the next poll, or less: a launcher's exit is seen at once (a waitpid every
+        JOB_EXIT_SECONDS), so a finished run is recorded without waiting out the poll."""
+        deadline = time.monotonic() + self.poll
+        while not self.stop_event.wait(min(JOB_EXIT_SECONDS, self.poll)):
+            if time.monotonic() >= deadline:
+                return
+            if any(job.process.poll() is not None for job in self.jobs.values()):
+                return
 
     def warn(self, message: str) -> None:
         """A problem the worker lives through, said once (not at every poll)."""
@@ -99,44 +134,69 @@ class Worker:
 
     def announce(self) -> None:
         """Say that this worker serves the data directory's queue, or only its one run (so a
-        `visionboard train` knows whether its run will start without a worker of its own)."""
-        store.beat_worker(self.db, self.id, socket.gethostname(), os.getpid(), self.only_run)
+        `visionboard train` knows whether its run will start without a worker of its own), on
+        which host and devices."""
+        devices = ",".join(map(str, self.gpus)) or "cpu"
+        store.beat_worker(self.db, self.id, self.host, os.getpid(), self.only_run, devices)
 
     def free_gpus(self) -> list[int]:
         used = {g for job in self.jobs.values() for g in job.gpus}
         return [g for g in self.gpus if g not in used]
 
     def start_next(self) -> bool:
-        if not self.gpus and self.jobs:
-            return False  # on CPU one run at a time
         queued = store.list_runs(self.db, status="queued")
+        queued = [r for r in queued if r["on_host"] in (None, "", self.host)]  # pinned elsewhere
         queued.sort(key=lambda r: r["id"])
         if self.only_run is not None:
             queued = [r for r in queued if r["id"] == self.only_run]
-        if not queued:
+        for run in queued:
+            try:
+                needed = gpus_needed(run["config"], len(self.gpus))
+                break
+            except Exception as exc:
+                if disk.is_disk_full(exc):
+                    raise
+                if self.runnable_elsewhere(run):
+                    continue  # another host's worker has what it needs (more GPUs): its run
+                # A run that cannot be prepared (say, a broken accelerate config file) fails
+                # alone; the worker and the queue behind it go on.
+                self.fail_unclaimed(run, str(exc))
+                return False
+        else:
             return False
-        run = queued[0]
-        try:
-            needed = gpus_needed(run["config"], len(self.gpus))
-        except Exception as exc:
-            if disk.is_disk_full(exc):
-                raise
-            # A run that cannot be prepared (say, a broken accelerate config file) fails alone;
-            # the worker and the queue behind it go on.
-            self.fail_unclaimed(run, str(exc))
-            return False
+        if needed == 0 and any(not job.gpus for job in self.jobs.values()):
+            return False  # on the CPU one run at a time
         free = self.free_gpus()
         if len(free) < needed:
             return False  # wait until enough GPUs are free
         gpus = free[:needed]
-        claimed = store.claim_run(self.db, self.id, run_id=run["id"])
+        claimed = store.claim_run(self.db, self.id, run_id=run["id"], host=self.host)
         if claimed is None:
             return False  # another worker took it
         self.launch(claimed, gpus)
         return True
 
+    def runnable_elsewhere(self, run: dict) -> bool:
+        """Whether another live worker serving the queue (on the run's host, if pinned) has the
+        devices the run needs, as it announced them: a run this host cannot train waits for
+        that one instead of failing here."""
+        for other in store.list_workers(self.db):
+            if other["name"] == self.id or other["run_id"] is not None:
+                continue
+            if other["devices"] is None or not store.worker_alive(other):
+                continue  # gone, or a worker of an older version: its devices are unknown
+            if run["on_host"] and other["host"] != run["on_host"]:
+                continue
+            gpus = 0 if other["devices"] == "cpu" else len(other["devices"].split(","))
+            try:
+                gpus_needed(run["config"], gpus)
+            except Exception:
+                continue
+            return True
+        return False
+
     def fail_unclaimed(self, run: dict, reason: str) -> None:
-        claimed = store.claim_run(self.db, self.id, run_id=run["id"])
+        claimed = store.claim_run(self.db, self.id, run_id=run["id"], host=self.host)
         if claimed:
             self.finish(run["id"], "failed", reason)
 
@@ -179,8 +239,7 @@ class Worker:
         devices = (
             ",".join(f"cuda:{g}" for g in gpus) or f"cpu x{run['config'].get('num_processes', 1)}"
         )
-        host = socket.gethostname()
-        if not store.record_launch(self.db, run["id"], self.id, devices, process.pid, host):
+        if not store.record_launch(self.db, run["id"], self.id, devices, process.pid, self.host):
             # Taken from us meanwhile (settled as an orphan): it must not train beside another.
             self.warn(f"run {run['id']} is no longer ours; stopping the trainer just started")
             store.stop_trainers(self.home, run["id"], process.pid, 0.0)

@@ -2,12 +2,15 @@
 
     python tests/fake_trainer.py HOME RUN_ID SECONDS [--launcher]
     python tests/fake_trainer.py cli SECONDS VISIONBOARD_ARGS...
+    python tests/fake_trainer.py cli-shell SECONDS VISIONBOARD_ARGS...
 
 With --launcher it starts itself again as its one trainer process, in its process group (like
 accelerate launch), and waits for it. The trainer writes its pid to <run>/trainer.pid, beats
 like the real one, stops at a cancel (stop_reason "cancelled") and after SECONDS ends with
 stop_reason "epoch limit". `cli` runs `visionboard ARGS` (a worker, a train command) whose
-workers launch this fake instead of accelerate.
+workers launch this fake instead of accelerate. `cli-shell` launches only a shell that notes
+each start in <run>/launches and sleeps SECONDS (exit 0: completed), for tests of the queue
+that start many runs.
 """
 
 import os
@@ -34,11 +37,22 @@ def fake_launch_command(seconds: float):
     return launch_command
 
 
+def shell_launch_command(seconds: float):
+    """A replacement for engine.launch.launch_command that starts a shell, not python."""
+
+    def launch_command(run, home, gpus, port, **_):
+        launches = RunFolder(Path(home), run["id"]).path / "launches"
+        return ["sh", "-c", f'echo "$$" >> "{launches}"; sleep {seconds}'], dict(os.environ)
+
+    return launch_command
+
+
 def main() -> int:
-    if sys.argv[1] == "cli":
+    if sys.argv[1] in ("cli", "cli-shell"):
         from engine import cli, worker
 
-        worker.launch_command = fake_launch_command(float(sys.argv[2]))
+        fake = fake_launch_command if sys.argv[1] == "cli" else shell_launch_command
+        worker.launch_command = fake(float(sys.argv[2]))
         return cli.main(sys.argv[3:])
     home, run_id, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     if "--launcher" in sys.argv:

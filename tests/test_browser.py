@@ -89,6 +89,8 @@ def server(tmp_path):
                 "127.0.0.1",
                 "--home",
                 str(home),
+                "--api-port",
+                "0",  # no automation API on its fixed port
             ],
             cwd=ROOT,
             env=env,

@@ -22,7 +22,7 @@ def test_defaults_follow_design():
     assert cfg.task == "classification"
     assert cfg.model_name == "efficientnet_b4"
     assert cfg.metric_name == "roc_auc"
-    assert (cfg.optimizer, cfg.lr, cfg.lr_schedule, cfg.batch_size, cfg.epochs) == (
+    assert (cfg.optimizer, cfg.learning_rate, cfg.lr_schedule, cfg.batch_size, cfg.epochs) == (
         "adam",
         0.001,
         "plateau",
@@ -254,6 +254,8 @@ def test_field_info_covers_every_key_with_group_and_help():
         "early_stopping_delta",
         "batch_size",
         "metric",
+        "backbone_lr_factor",
+        "label_smoothing",
         "augment_color",
         "augment_hflip",
         "augment_vflip",
@@ -276,3 +278,21 @@ def test_detection_fills_its_own_batch_and_epochs_when_left_unset():
     assert (chosen.batch_size, chosen.epochs) == (32, 20)
     cls = RunConfig.from_dict({"dataset": "d"})
     assert (cls.batch_size, cls.epochs) == (32, 50)
+
+
+def test_fine_tuning_defaults_win_the_quality_benchmark():
+    # bench/bench_quality.py: augmentation and label smoothing by default.
+    cls = RunConfig.from_dict({"dataset": "d"})
+    assert (cls.augment_hflip, cls.augment_color, cls.augment_crop) == (True, True, True)
+    assert not cls.augment_vflip and cls.augment_rotation == 0
+    # One rate for the backbone and the new head won (a new head starts small: test_models).
+    assert cls.label_smoothing == 0.1 and cls.backbone_lr_factor == 1.0
+    # Detection keeps torchvision's reference recipe: flips only.
+    det = RunConfig.from_dict({"task": "detection", "dataset": "d"})
+    assert (det.augment_hflip, det.augment_color, det.augment_crop) == (True, False, False)
+    chosen = RunConfig.from_dict({"task": "detection", "dataset": "d", "augment_crop": True})
+    assert chosen.augment_crop
+    # Label smoothing is a classification loss: a detector would ignore it, so it is refused.
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({"task": "detection", "dataset": "d", "label_smoothing": 0.2})
+    assert "label_smoothing" in err.value.by_field()

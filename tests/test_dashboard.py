@@ -267,6 +267,20 @@ def test_new_run_form_queues_the_run_and_opens_it(home, db, dataset):
     assert "queued" in at.subheader[0].value
 
 
+def test_new_run_form_pins_a_run_to_a_worker_host_when_several_serve(home, db, dataset):
+    at = fill_tiny_run(open_page("new_run"))
+    assert not [s for s in at.selectbox if s.key == "cfg_on_host"]  # one machine: no choice
+    for host in ("gpu-a", "gpu-b"):  # workers on two other hosts beat (their pids: elsewhere)
+        store.beat_worker(db, f"{host}:1", host, 1, None, "0,1")
+    at = fill_tiny_run(open_page("new_run"))
+    field = at.selectbox(key="cfg_on_host")
+    assert field.options == ["any free worker", "gpu-a", "gpu-b"]
+    field.set_value("gpu-b").run()
+    at.button(key="queue_run").click().run()
+    assert not at.exception
+    assert [r["on_host"] for r in store.list_runs(db)] == ["gpu-b"]
+
+
 def test_new_run_form_records_the_login_user(home, db, dataset):
     # Added as a viewer at first sign-in; an admin made her a member.
     store.get_or_add_oidc_user(db, "carol@example.com", role="member")
@@ -1243,3 +1257,30 @@ def test_try_it_page_names_classes_and_a_broken_upload(home, db, dataset, monkey
     chart = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert chart["layout"]["yaxis"]["type"] == "category"
     assert chart["data"][0]["y"][-1] == "3"  # the most probable class on top
+
+
+def test_new_run_form_proposes_the_fine_tuning_defaults(home, db, dataset):
+    # Augmentation, label smoothing and the optimizer's own learning rate by default; a
+    # detector gets torchvision's recipe (flips only), and classification gets its own back.
+    at = open_page("new_run")
+    for key in ("augment_hflip", "augment_color", "augment_crop"):
+        assert at.checkbox(key=f"cfg_{key}").value is True, key
+    assert at.number_input(key="cfg_label_smoothing").value == 0.1
+    lr = at.number_input(key="cfg_lr")
+    assert lr.value is None and lr.placeholder == "adam default: 0.001"
+    at.selectbox(key="cfg_optimizer").set_value("sgd").run()
+    assert at.number_input(key="cfg_lr").placeholder == "sgd default: 0.01"
+    at.selectbox(key="cfg_task").set_value("detection").run()
+    assert at.checkbox(key="cfg_augment_hflip").value is True
+    assert at.checkbox(key="cfg_augment_color").value is False
+    assert at.checkbox(key="cfg_augment_crop").value is False
+    assert "cfg_label_smoothing" not in {w.key for w in at.number_input}
+    at.selectbox(key="cfg_task").set_value("classification").run()
+    assert at.checkbox(key="cfg_augment_color").value is True
+    assert at.checkbox(key="cfg_augment_crop").value is True
+    at = open_page("new_run")
+    at.selectbox(key="cfg_dataset_choice").set_value("tiny")
+    at.checkbox(key="cfg_pretrained").uncheck()
+    at.button(key="queue_run").click().run()
+    config = store.list_runs(db)[0]["config"]
+    assert config["lr"] == 0.001 and config["label_smoothing"] == 0.1  # resolved

@@ -368,7 +368,8 @@ def test_the_predict_page_shows_only_images_inside_the_roots(roots, monkeypatch)
 # -- the Runs page's change token --------------------------------------------------------------
 
 
-def test_runs_version_changes_with_every_users_runs_and_only_then(db, home):
+def test_runs_version_changes_with_every_users_runs_and_only_then(store_db, home):
+    db = store_db  # on SQLite and on PostgreSQL
     member = {"username": "bob", "role": "member"}
     cfg = RunConfig.from_dict({"dataset": "x", "model": "efficientnet_b0"}).resolved()
     seen = [store.runs_version(db)]

@@ -333,7 +333,7 @@ def test_serve_restarts_its_worker_and_says_so(home, db, processes):
     env = dict(os.environ, VISIONBOARD_SAMPLES="0")
     serve = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "--home", str(home), "serve", "--host",
-         "127.0.0.1", "--port", str(free_port())],
+         "127.0.0.1", "--port", str(free_port()), "--api-port", "0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     processes.started.append(serve)

@@ -55,7 +55,9 @@ def test_optimizer_settings_come_from_the_config():
     cfg = make_cfg(optimizer="sgd", lr=0.05, momentum=0.8, weight_decay=1e-4)
     group = optim.create_optimizer(cfg, tiny_model()).param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.05, 0.8, 1e-4)
-    assert group["nesterov"] is False
+    assert group["nesterov"] is True  # SGD's registered extra (engine.choices)
+    no_momentum = optim.create_optimizer(make_cfg(optimizer="sgd", momentum=0), tiny_model())
+    assert no_momentum.param_groups[0]["nesterov"] is False  # torch refuses it without momentum
     group = optim.create_optimizer(make_cfg(optimizer="rmsprop"), tiny_model()).param_groups[0]
     assert group["momentum"] == 0.9
 
@@ -165,3 +167,55 @@ def test_resume_continues_the_same_lr_curve(schedule_name):
     rest += run(schedule, model, optimizer, epochs=6, steps=4, metrics=metrics[1:])
     assert first + rest == pytest.approx(straight)
     assert len(set(straight)) > 4  # the curve does move: warmup and at least one decay
+
+
+def test_left_empty_lr_is_the_optimizers_own():
+    for name, lr in (("adam", 1e-3), ("sgd", 1e-2)):
+        cfg = make_cfg(optimizer=name)
+        assert cfg.lr is None and cfg.learning_rate == lr and cfg.resolved()["lr"] == lr
+        assert optim.create_optimizer(cfg, tiny_model()).param_groups[0]["lr"] == lr
+    assert make_cfg(optimizer="sgd", lr=0.2).learning_rate == 0.2
+
+
+def timm_classifier():
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
+
+
+def test_pretrained_layers_learn_at_a_fraction_of_the_head_lr():
+    model = timm_classifier()
+    head = {id(p) for p in model.get_classifier().parameters()}
+    cfg = make_cfg(lr=0.01, backbone_lr_factor=0.1)  # pretrained by default
+    optimizer = optim.create_optimizer(cfg, model)
+    first, second = optimizer.param_groups
+    assert {id(p) for p in first["params"]} == head and first["lr"] == 0.01
+    assert len(second["params"]) == len(list(model.parameters())) - len(head)
+    assert second["lr"] == pytest.approx(0.001)
+    # The warmup raises both groups to their own rate; the schedule reports the head's.
+    schedule = optim.create_schedule(cfg, optimizer, steps_per_epoch=4)
+    assert schedule.lr == pytest.approx(0.01 / 4)
+    assert second["lr"] == pytest.approx(0.001 / 4)
+    for _ in range(4):
+        schedule.step_batch()
+    assert (first["lr"], second["lr"]) == (0.01, pytest.approx(0.001))
+    # From scratch there is nothing to protect; with a factor of 1 (the default), one rate.
+    for other in (make_cfg(lr=0.01, backbone_lr_factor=0.1, pretrained=False), make_cfg(lr=0.01)):
+        groups = optim.create_optimizer(other, model).param_groups
+        assert len(groups) == 1 and groups[0]["lr"] == 0.01
+    # A model without a known head keeps one rate too (tiny_model is an nn.Sequential).
+    groups = optim.create_optimizer(cfg, tiny_model()).param_groups
+    assert len(groups) == 1 and groups[0]["lr"] == 0.01
+
+
+def test_a_zero_factor_trains_the_head_only():
+    model = timm_classifier()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = make_cfg(lr=0.01, backbone_lr_factor=0, warmup=False)
+    optimizer = optim.create_optimizer(cfg, model)
+    loss = model(torch.randn(2, 3, 32, 32)).logsumexp(-1).mean()
+    loss.backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed == {"classifier.weight", "classifier.bias"}

@@ -25,6 +25,13 @@ def test_summary_facts_read_like_a_card():
             "trainable_params": 1000,
             "total_params": 4000,
             "images_per_second": 812.345,
+            "timings": {
+                "launch_to_first_step": 6.04,
+                "epochs": [
+                    {"epoch": 1, "train": 3.0, "evaluate": 0.5, "checkpoint": 0.1, "save": 0.2},
+                    {"epoch": 2, "train": 2.0, "evaluate": 0.3, "checkpoint": 0.1},
+                ],
+            },
         },
     }
     facts = dict(reports.summary_facts(run, "3m 05s"))
@@ -37,6 +44,8 @@ def test_summary_facts_read_like_a_card():
         "Classes": "3: 0, 1, 2",
         "Trainable parameters": "1,000 of 4,000 (25%)",
         "Images / s": "812.3",
+        "Time spent": "first step after 6.0 s; per epoch 2.5 s train, 0.4 s evaluate, "
+        "0.1 s checkpoint",
     }
 
 
@@ -50,6 +59,7 @@ def test_summary_facts_of_a_run_that_recorded_little_keep_their_shape():
         "Classes",
         "Trainable parameters",
         "Images / s",
+        "Time spent",
     ]
     assert all(value.startswith("—") for _, value in facts)
 

@@ -10,6 +10,12 @@ from factories import ADMIN
 from engine import data_roots, store
 
 
+@pytest.fixture
+def db(store_db):
+    """Every store test that takes `db` runs on SQLite and on PostgreSQL."""
+    return store_db
+
+
 def config(**kw):
     return {
         "task": "classification",
@@ -374,3 +380,22 @@ def test_the_store_confines_dataset_paths_under_every_verb(db, home, tmp_path, m
     inside.rename(inside.with_name("moved"))  # a rerun queues the same path again: checked again
     with pytest.raises(data_roots.PathRefused):
         store.queue_rerun(db, run_id, by=ADMIN)
+
+
+def test_a_run_pinned_to_a_host_is_claimed_there_only(db):
+    pinned = store.create_run(db, config(), name="pinned", by=ADMIN, on_host="gpu-b")
+    free = store.create_run(db, config(), by=ADMIN)
+    assert store.claim_run(db, "gpu-a:1", host="gpu-a")["id"] == free  # the pinned one skipped
+    assert store.claim_run(db, "gpu-a:1", host="gpu-a") is None
+    assert store.claim_run(db, "gpu-a:1", run_id=pinned, host="gpu-a") is None
+    claimed = store.claim_run(db, "gpu-b:7", host="gpu-b")
+    assert (claimed["id"], claimed["on_host"]) == (pinned, "gpu-b")
+    store.set_status(db, pinned, "completed")
+    again = store.queue_rerun(db, pinned, by=ADMIN)  # the same run again: on the same host
+    assert store.get_run(db, again)["on_host"] == "gpu-b"
+    audit = store.list_audit(db, by=ADMIN, action="queue", target_id=str(pinned))
+    assert audit[0]["detail"]["on_host"] == "gpu-b"
+    store.beat_worker(db, "gpu-a:1", "gpu-a", 1, None, "0,1")  # another host: its pulse counts
+    assert store.worker_running(db, None, "gpu-a") and not store.worker_running(db, None, "gpu-b")
+    assert store.list_workers(db)[0]["devices"] == "0,1"
+    assert store.worker_hosts(db) == ["gpu-a"]

@@ -24,10 +24,10 @@ def digits(tmp_path_factory):
     )
 
 
-def prepared(digits, num_workers=0):
+def prepared(digits, num_workers=0, augment=AUGMENTED):
     """A task and its train loader, fresh, as a trainer process (new or resumed) has them."""
     cfg = RunConfig.from_dict(
-        {**AUGMENTED, "dataset": str(digits), "batch_size": 4, "seed": 3, "device": "cpu"}
+        {**augment, "dataset": str(digits), "batch_size": 4, "seed": 3, "device": "cpu"}
         | {"num_workers": num_workers}
     )
     splits = load_splits(str(digits), cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
@@ -46,8 +46,8 @@ def read_epochs(task, train_loader, epochs) -> list[list[tuple]]:
     return seen
 
 
-def epochs_seen(digits, epochs, num_workers=0):
-    return read_epochs(*prepared(digits, num_workers), epochs)
+def epochs_seen(digits, epochs, num_workers=0, augment=AUGMENTED):
+    return read_epochs(*prepared(digits, num_workers, augment), epochs)
 
 
 def assert_same(a, b):
@@ -89,3 +89,34 @@ def test_the_loaders_leave_the_processs_random_stream_alone(digits, num_workers)
     before = torch.get_rng_state()
     read_epochs(task, train_loader, [1, 2])
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_training_loss_smooths_the_labels_and_evaluation_does_not(digits):
+    cfg = RunConfig.from_dict({"dataset": str(digits), "device": "cpu"})
+    assert cfg.label_smoothing == 0.1  # the default
+    splits = load_splits(str(digits), cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
+    task = create_task(cfg, splits, INPUT)
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3)
+    labels = torch.tensor([0, 1, 2, 0])
+    model = lambda images: logits  # noqa: E731
+    loss, _, n = task.train_step(model, (None, torch.zeros(4, 3, 32, 32), labels))
+    smoothed = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    assert n == 4 and torch.isclose(loss, smoothed) and not torch.isclose(loss, plain)
+    cfg.label_smoothing = 0.0
+    loss, _, _ = task.train_step(model, (None, torch.zeros(4, 3, 32, 32), labels))
+    assert torch.isclose(loss, plain)
+
+
+def test_default_augmentation_is_on_and_reproducible(digits):
+    # The defaults augment (flip, colour, crop); per-sample seeds keep a resume exact.
+    first, second = epochs_seen(digits, [1, 2], augment={})
+    (resumed,) = epochs_seen(digits, [2], augment={})
+    assert_same([resumed], [second])
+    # An image read in both epochs looks different: augmentation, not only the shuffle.
+    by_index = [
+        {i: img for idx, imgs in epoch for i, img in zip(idx, imgs)} for epoch in (first, second)
+    ]
+    both = by_index[0].keys() & by_index[1].keys()
+    assert both and not any(torch.equal(by_index[0][i], by_index[1][i]) for i in both)

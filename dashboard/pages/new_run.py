@@ -29,7 +29,8 @@ OTHER_PATH = "a path on the server…"
 ERRORS = "new_run_errors"
 TWINS = "new_run_twins"  # (form values, ids of queued or running runs with that config)
 # Increments of the +/- buttons of float fields; the others step by 0.1 (or 1 for ints).
-FLOAT_STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "test_ratio": 0.05, "early_stopping_delta": 1e-3}
+FLOAT_STEPS = {"lr": 1e-4, "weight_decay": 1e-4, "test_ratio": 0.05, "early_stopping_delta": 1e-3,
+               "backbone_lr_factor": 0.05, "label_smoothing": 0.05}  # fmt: skip
 # Keys drawn by hand (their choices depend on the task or the registered datasets).
 CUSTOM = ("task", "dataset", "model", "metric", "dataset_format", "accelerate_config")
 OPEN_GROUPS = ("Data", "Model")
@@ -38,7 +39,8 @@ LABELS = {"lr": "Learning rate", "lr_gamma": "LR gamma", "lr_schedule": "LR sche
           "augment_hflip": "Horizontal flips", "augment_vflip": "Vertical flips",
           "augment_color": "Colour changes", "augment_rotation": "Rotation (degrees)",
           "augment_crop": "Random crops", "num_workers": "Num workers",
-          "main_process_ip": "Main process IP", "accelerate_config": "Accelerate config file"}  # fmt: skip
+          "main_process_ip": "Main process IP", "accelerate_config": "Accelerate config file",
+          "backbone_lr_factor": "Backbone LR factor"}  # fmt: skip
 
 FIELDS = field_info()
 BY_NAME = {f["name"]: f for f in FIELDS}
@@ -286,6 +288,15 @@ def collect_values(registered: dict[str, dict]) -> dict[str, Any]:
     return values
 
 
+ANY_HOST = "any free worker"
+
+
+def on_host_value() -> str | None:
+    """The host the run is pinned to (Run on host), None for the first free worker."""
+    host = st.session_state.get(KEY + "on_host")
+    return None if host in (None, "", ANY_HOST) else host
+
+
 def tags_value() -> list[str]:
     return [
         t.strip() for t in str(st.session_state.get(KEY + "tags") or "").split(",") if t.strip()
@@ -341,7 +352,7 @@ def submit() -> None:
     try:
         run_id = store.create_run(
             state.get_db(), config, name=cfg.name, tags=tags_value(),
-            by=state.current_user(),
+            by=state.current_user(), on_host=on_host_value(),
         )  # fmt: skip
     except store.PermissionDenied as exc:  # the role changed since the page was drawn
         ss[ERRORS] = {"queue": str(exc)}
@@ -445,10 +456,18 @@ def draw_plain_field(info: dict[str, Any], label: str) -> None:
             help=help_text,
             step=FLOAT_STEPS.get(name, 0.1),
             format="%g",
-            placeholder="default" if optional else None,
+            placeholder=float_placeholder(name) if optional else None,
         )
     else:
         st.text_input(label, key=key, help=help_text)
+
+
+def float_placeholder(name: str) -> str:
+    """What an empty float field means: the chosen optimizer's own learning rate for lr."""
+    info = choices.OPTIMIZERS.get(st.session_state.get(KEY + "optimizer"))
+    if name == "lr" and info is not None:
+        return f"{info.name} default: {info.default_lr:g}"
+    return "default"
 
 
 def draw_accelerate_config(label: str, help_text: str) -> None:
@@ -564,6 +583,15 @@ for group in GROUPS:
                     key=KEY + "tags",
                     help="Comma-separated labels to find the run later, e.g. baseline, v2.",
                 )
+
+hosts = store.worker_hosts(state.get_db())
+if len(hosts) > 1:  # workers on several hosts share the queue (engine/database.py)
+    st.selectbox(
+        "Run on host",
+        [ANY_HOST, *hosts],
+        key=KEY + "on_host",
+        help="Only a worker on this host may train the run; by default the first free one.",
+    )
 
 if task == "detection":
     ss = st.session_state

@@ -175,6 +175,14 @@ def draw_charts(run: dict[str, Any]) -> None:
 
 def draw_queue_position(run: dict[str, Any]) -> None:
     """A queued run waits for a worker: say whether one is there and what is ahead."""
+    if run.get("on_host") and not store.worker_running(state.get_db(), None, run["on_host"]):
+        st.warning(
+            f"Queued for host **{run['on_host']}**, but no worker runs there, so nothing will "
+            f"start it. Start one there with `visionboard worker` (with the same data directory "
+            "and database), or cancel it and queue it again for any host.",
+            icon=":material/warning:",
+        )
+        return
     if not store.worker_running(state.get_db(), run["id"]):
         st.warning(
             "Queued, but no worker serves this data directory, so nothing will start it. "

@@ -13,18 +13,36 @@ from engine.data.records import ClassSample, DetSample
 
 
 class ClassificationDataset(Dataset):
-    """[i] → (image tensor, 0-based label)."""
+    """[i] → (image tensor, 0-based label).
 
-    def __init__(self, samples: Sequence[ClassSample], transform: Callable | None = None):
+    `decode_size`: JPEGs are decoded at reduced size, both sides at least this (read_image);
+    `cache` (engine.data.image_cache): decoded images kept in memory, taken before any random
+    transform, so a cached sample is augmented exactly as one read from its file."""
+
+    def __init__(
+        self,
+        samples: Sequence[ClassSample],
+        transform: Callable | None = None,
+        decode_size: int | None = None,
+        cache=None,
+    ):
         self.samples = list(samples)
         self.transform = transform
+        self.decode_size = decode_size
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def read(self, index: int):
+        """The sample's decoded image, from the cache where it is kept."""
+        path = self.samples[index].path
+        image = self.cache.get(path) if self.cache is not None else None
+        return image if image is not None else read_image(path, self.decode_size)
+
     def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        image = read_image(path)
+        label = self.samples[index].label
+        image = self.read(index)
         if self.transform is not None:
             tensor = self.transform(image)
         else:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.data.errors import ImageError
+from engine.data.probe_cache import cached_probes
 
 Image.init()  # registers every plugin, so EXTENSIONS lists all Pillow can open
 IMAGE_EXTENSIONS = frozenset(
@@ -67,12 +68,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: str | Path) -> Image.Image:
+def read_image(path: str | Path, decode_size: int | None = None) -> Image.Image:
     """The image at `path` (or an open file) in RGB with its EXIF orientation applied;
-    ImageError naming the file if unreadable."""
+    ImageError naming the file if unreadable.
+
+    With `decode_size`, a JPEG is decoded at 1/2, 1/4 or 1/8 scale where both sides stay at
+    least that many pixels (Pillow's draft mode: the decoder skips the detail instead of
+    decoding it and resizing it away): several times faster for photos read to train at 64 px.
+    """
     name = getattr(path, "name", path)  # an upload: its file name, not the object's repr
     try:
         with Image.open(path) as img:
+            if decode_size:
+                img.draft(img.mode, (decode_size, decode_size))  # JPEG only; others: no-op
             img.load()
             oriented = ImageOps.exif_transpose(img)
             return to_rgb(oriented if oriented is not None else img)
@@ -84,6 +92,15 @@ def read_image(path: str | Path) -> Image.Image:
         ) from exc
     except _READ_ERRORS as exc:
         raise ImageError(name, f"cannot read image ({exc})") from exc
+
+
+def decoded_size(path: str | Path, decode_size: int | None = None) -> tuple[int, int]:
+    """(width, height) that read_image(path, decode_size) decodes, before EXIF orientation,
+    from the file's header alone."""
+    with Image.open(path) as img:
+        if decode_size:
+            img.draft(img.mode, (decode_size, decode_size))
+        return img.size
 
 
 def probe_image(path: str | Path) -> tuple[int, int]:
@@ -108,15 +125,19 @@ def probe_image(path: str | Path) -> tuple[int, int]:
 
 
 def probe_images(paths: Iterable[Path]) -> list[tuple[int, int] | ImageError]:
-    """probe_image for many files in parallel threads (Pillow releases the GIL on file reads)."""
+    """probe_image for many files in parallel threads (Pillow releases the GIL on file reads);
+    files probed before and unchanged since are answered from the data directory's cache,
+    within engine.data.probe_cache.using(home)."""
+    return cached_probes(list(paths), _probe_all)
 
+
+def _probe_all(paths: list) -> list[tuple[int, int] | ImageError]:
     def probe(path):
         try:
             return probe_image(path)
         except ImageError as exc:
             return exc
 
-    paths = list(paths)
     if len(paths) < 64:
         return [probe(p) for p in paths]
     with ThreadPoolExecutor(max_workers=8) as pool:
