@@ -5,7 +5,7 @@ model saved with its card, so no training is needed), then measures two things o
 images, one after the other:
 
 - the limit: the run's Predictor in a plain loop, one image per call, each image decoded
-  from its PNG bytes first (engine.data.read_image, as the server does);
+  from its PNG bytes first (Predictor.read, as the server does);
 - the server: `visionboard serve-model RUN` (a real uvicorn process) driven by --clients
   concurrent clients, each sending one image per request (multipart) on its own keep-alive
   connection, one request after the other.
@@ -42,7 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # make_run: a finished run as the tests make one
 
-from engine.data import read_image  # noqa: E402
 from engine.predict import load_predictor  # noqa: E402
 from engine.sample_datasets import digit_images  # noqa: E402
 
@@ -68,12 +67,12 @@ def percentile(values: list[float], share: float) -> float:
 def plain_loop(run_id: int, home: Path, images: list[bytes], n: int, device: str) -> dict:
     predictor = load_predictor(run_id, home=home, device=device)
     for data in images[:8]:  # warm-up
-        predictor.predict([read_image(io.BytesIO(data))])
+        predictor.predict([predictor.read(io.BytesIO(data))])
     latencies = []
     started = time.perf_counter()
     for k in range(n):
         t0 = time.perf_counter()
-        predictor.predict([read_image(io.BytesIO(images[k % len(images)]))])
+        predictor.predict([predictor.read(io.BytesIO(images[k % len(images)]))])
         latencies.append(time.perf_counter() - t0)
     return {"seconds": time.perf_counter() - started, "latencies": latencies}
 

@@ -39,15 +39,17 @@ def _key(
     shown_allowed: str | None = None,
     tasks: tuple[str, ...] | None = None,
     instead: str | None = None,
+    off=None,
 ):
     """A config key: its default plus the metadata the form, the validator and the README's
     config table read. `shown_default` / `shown_allowed` say in words what a None default or
     a per-task choice means (the table prints them). `tasks` names the tasks the key applies
     to (None: every task): the form hides it for the others and validation refuses a value
-    other than its default there, naming the key that does apply (`instead`)."""
+    other than its default or its `off` value (the one that does nothing, what a run of
+    another task stores) there, naming the key that does apply (`instead`)."""
     meta = {"group": group, "help": help, "choices": allowed, "min": minimum, "max": maximum}
     meta |= {"shown_default": shown_default, "shown_allowed": shown_allowed}
-    meta |= {"tasks": tasks, "instead": instead}
+    meta |= {"tasks": tasks, "instead": instead, "off": off}
     return field(default=default, metadata=meta)
 
 
@@ -128,10 +130,12 @@ class RunConfig:
         "Data",
         "Classification only: keep the decoded images in memory (at the reduced size training "
         "reads them), so each is decoded once per run, not once per epoch. `auto`: when they "
-        "all fit in a quarter of the free memory; `on`: as many as fit; `off`: never.",
+        "all fit in a quarter of the free memory (or of the container's limit); `on`: as many "
+        "as fit; `off`: never.",
         tuple(choices.IMAGE_CACHE),
         tasks=("classification",),
         instead="no image cache (each image is read from its file)",
+        off="off",
     )
     # Model
     model: str | None = _key(
@@ -227,6 +231,7 @@ class RunConfig:
         maximum=0.9,
         tasks=("classification",),
         instead="the detector's own losses",
+        off=0.0,
     )
     weight_decay: float = _key(
         0.0,
@@ -236,6 +241,12 @@ class RunConfig:
     )
     momentum: float = _key(
         0.9, "Optimization", "Momentum for SGD and RMSprop.", minimum=0.0, maximum=1.0
+    )
+    nesterov: bool = _key(
+        True,
+        "Optimization",
+        "SGD only: Nesterov momentum (runs stored before this key used plain momentum, and "
+        "keep it when resumed or run again).",
     )
     batch_size: int = _key(
         32,
@@ -258,7 +269,7 @@ class RunConfig:
         2,
         "Optimization",
         "Data-loading worker processes per training process. 0 loads in the training process, "
-        "as does a run whose images all fit the image cache (cache_images).",
+        "as does a run on the CPU whose images all fit the image cache (cache_images).",
         minimum=0,
         maximum=64,
     )
@@ -467,6 +478,13 @@ class RunConfig:
             raise ConfigError(errors)
         return cfg
 
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> RunConfig:
+        """from_dict for a config stored by an earlier run: keys it predates take the values
+        that run used (STORED_BEFORE), not today's defaults, so resuming or re-running it
+        trains as it did."""
+        return cls.from_dict({**STORED_BEFORE, **data})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -477,6 +495,10 @@ class RunConfig:
         data["metric"] = self.metric_name
         data["lr_gamma"] = self.gamma
         data["lr"] = self.learning_rate
+        for f in dataclasses.fields(self):  # a key of another task: what this run really uses
+            tasks, off = f.metadata.get("tasks"), f.metadata.get("off")
+            if tasks is not None and self.task not in tasks and off is not None:
+                data[f.name] = off
         return data
 
     # -- validation ---------------------------------------------------------------------
@@ -558,11 +580,13 @@ class RunConfig:
         keep its default, and the error names the key this task reads instead."""
         errors = []
         for f in dataclasses.fields(self):
-            tasks = f.metadata.get("tasks")
+            tasks, off = f.metadata.get("tasks"), f.metadata.get("off")
             value = getattr(self, f.name)
-            if tasks is None or self.task in tasks or value == f.default:
+            if tasks is None or self.task in tasks or value in (f.default, off):
                 continue
             default = "empty" if f.default in (None, "") else str(f.default)
+            if off is not None:
+                default = f"{off} (or unset)"
             errors.append(
                 FieldError(
                     f.name,
@@ -615,6 +639,10 @@ MACHINE_KEYS = (
     "main_process_ip",
     "main_process_port",
 )
+
+# Keys added after runs were first stored, with the value those runs trained with: a stored
+# config that lacks one is read with it (RunConfig.from_stored), not with today's default.
+STORED_BEFORE = {"label_smoothing": 0.0, "backbone_lr_factor": 1.0, "nesterov": False}
 
 
 @dataclass

@@ -7,7 +7,9 @@ exponential). Both are torch.optim.lr_scheduler classes, which chain on the same
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,11 +21,14 @@ from engine.architectures import head_prefixes
 from engine.config import RunConfig
 
 
-def create_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+def create_optimizer(
+    cfg: RunConfig, model: nn.Module, log: Callable[[str], None] | None = None
+) -> torch.optim.Optimizer:
     """cfg.optimizer over the model's trainable parameters (frozen ones are left out). With
     pre-trained weights and a backbone_lr_factor other than 1, two parameter groups: the head
     at cfg's learning rate first (the rate the schedule reports), then the pre-trained layers
-    at that times backbone_lr_factor."""
+    at that times backbone_lr_factor. A factor that cannot apply is said in one line to `log`
+    (default: this module's logger, as a warning)."""
     info = choices.get_optimizer(cfg.optimizer)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
@@ -37,7 +42,15 @@ def create_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
         groups = [{"params": trained_head, "lr": lr}]
         if backbone:
             groups.append({"params": backbone, "lr": lr * cfg.backbone_lr_factor})
+    elif cfg.backbone_lr_factor < 1.0:
+        why = "pretrained is off" if not cfg.pretrained else "the model's head is not known"
+        (log or logging.getLogger(__name__).warning)(
+            f"backbone_lr_factor {cfg.backbone_lr_factor:g} ignored: {why}, so every trained "
+            f"layer learns at lr {lr:g}"
+        )
     kwargs = {"lr": lr, "weight_decay": cfg.weight_decay, **dict(info.extra_kwargs)}
+    if "nesterov" in kwargs:
+        kwargs["nesterov"] = cfg.nesterov
     if info.has_momentum:
         kwargs["momentum"] = cfg.momentum
     if not kwargs.get("momentum"):

@@ -2,7 +2,9 @@
 
 `load_predictor(run_id)` rebuilds the run's architecture from its model card and loads its
 weights (engine.run_folder names both; safetensors only: nothing is unpickled). Images go through the run's
-own test-time preprocessing: read_image (EXIF orientation, RGB), then the test transform of
+own test-time preprocessing: `Predictor.read` (engine.data.read_image: EXIF orientation, RGB;
+a classifier's JPEGs decoded at the reduced size its evaluation read them at, so a file's
+prediction matches its row in the run's test report), then the test transform of
 classification (resize to image_size, normalise) or detection (to a [0, 1] tensor; Faster R-CNN
 resizes inside the model, so boxes come back in the original image's pixels).
 
@@ -78,7 +80,7 @@ def card_config(card: dict[str, Any]) -> RunConfig:
     data = {k: v for k, v in card["config"].items() if k in known}
     data.setdefault("dataset", "unknown")
     try:
-        return RunConfig.from_dict(data)
+        return RunConfig.from_stored(data)  # as the trainer read it
     except ConfigError as exc:
         raise PredictError(f"the model card's config is invalid: {exc}") from exc
 
@@ -127,8 +129,9 @@ def load_predictor(run_id: int, home=None, device: str = "cpu") -> Predictor:
 
 
 class Predictor:
-    """A run's model with its preprocessing. predict() takes PIL images (read them with
-    engine.data.read_image for the EXIF orientation the training saw)."""
+    """A run's model with its preprocessing. predict() takes PIL images: read them with
+    read() (a path, an open file or an upload's buffer), which decodes as the run's
+    evaluation did."""
 
     def __init__(self, model, card: dict, cfg: RunConfig, device=None, run_id: int | None = None):
         self.card = card
@@ -139,6 +142,7 @@ class Predictor:
         self.device = torch.device(device or "cpu")
         self.model = model.to(self.device).eval()
         self.threshold = card.get("threshold")
+        self.decode_size: int | None = None  # detection decodes at full size, as it trained
         if self.task == "detection":
             from engine.data import DetectionTransform
 
@@ -146,11 +150,20 @@ class Predictor:
             self.transform = lambda image: detection(image, np.zeros((0, 4)), np.zeros(0))[0]
         else:
             from engine.data import build_transform
+            from engine.data.images import run_decode_size
 
             self.image_size = int(card["image_size"])
+            self.decode_size = run_decode_size(cfg, self.image_size)
             self.transform = build_transform(
                 cfg, False, self.image_size, card.get("mean"), card.get("std")
             )
+
+    def read(self, source) -> Image.Image:
+        """The image at `source` (a path or an open file) as the run's evaluation decodes it:
+        engine.data.read_image at the run's decode size. ImageError if unreadable."""
+        from engine.data import read_image
+
+        return read_image(source, self.decode_size)
 
     @property
     def default_threshold(self) -> float:
@@ -350,7 +363,7 @@ def predict_files(
     detection threshold used (None for classification)}."""
     from tqdm import tqdm
 
-    from engine.data import ImageError, read_image
+    from engine.data import ImageError
 
     fmt = output_format(out)
     if batch_size < 1:
@@ -382,7 +395,7 @@ def predict_files(
                 errors: dict[str, str] = {}
                 for file in batch:
                     try:
-                        readable.append((str(file), read_image(file)))
+                        readable.append((str(file), predictor.read(file)))
                     except ImageError as exc:
                         errors[str(file)] = exc.reason
                 results = predictor.predict([img for _, img in readable], threshold=threshold)

@@ -10,8 +10,6 @@ declares one, else test); with val, the best model is scored once more on `final
 
 from __future__ import annotations
 
-import math
-import os
 from typing import Any
 
 import numpy as np
@@ -31,6 +29,8 @@ from engine.data import (
     read_image,
 )
 from engine.data.image_cache import ImageCache, cache_budget, estimate_bytes, plan_cache
+from engine.data.images import run_decode_size
+from engine.launch import trains_on_cpu
 
 
 def dataloader_config(cfg: RunConfig) -> DataLoaderConfiguration:
@@ -90,7 +90,8 @@ class Task:
 
     def cache_images(self, processes: int) -> str | None:
         """Keep the decoded images of the splits the run reads in memory, where the task
-        and cfg.cache_images allow; what was done, for the log (None: nothing to say)."""
+        and cfg.cache_images allow (`processes`: the run's processes on this machine, which
+        share its memory); what was done, for the log (None: nothing to say)."""
         return None
 
     def loader_workers(self) -> int:
@@ -152,25 +153,10 @@ class Task:
         raise NotImplementedError
 
 
-# Developer switches for bench/bench_vs_timm.py, which measures what each lever is worth.
-DRAFT_ENV = "VISIONBOARD_DRAFT_DECODE"  # "0": decode every JPEG at full size
-DRAFT_MARGIN = 2  # decode at least this many times the input size: the resize still averages
-
-
-def decode_size(cfg: RunConfig, image_size: int) -> int | None:
-    """The side under which no JPEG of the run is decoded (engine.data.images.read_image):
-    twice the input size, or more where a random crop may keep a small share of the image,
-    so the crop, once resized, is still made of averaged pixels."""
-    if os.environ.get(DRAFT_ENV) == "0":
-        return None
-    share = cfg.crop_min_ratio if cfg.augment_crop else 1.0
-    return math.ceil(image_size * max(DRAFT_MARGIN, 1 / math.sqrt(share)))
-
-
 class ClassificationTask(Task):
     def __init__(self, cfg: RunConfig, splits: DatasetSplits, model_input: dict[str, Any]):
         super().__init__(cfg, splits, model_input)
-        self.decode_size = decode_size(cfg, model_input["image_size"])
+        self.decode_size = run_decode_size(cfg, model_input["image_size"])
         self.image_cache: ImageCache | None = None
 
     def used_paths(self) -> list[str]:
@@ -196,10 +182,16 @@ class ClassificationTask(Task):
         )
 
     def loader_workers(self):
-        """No workers (0) when the cache holds every image the run reads: a worker would copy a
-        cached image out and back over a queue, which costs more than the transform it saves
-        (bench/bench_vs_timm.py, on 2 cores: 1.9 s an epoch without workers, 2.2 s with 2)."""
-        if self.image_cache is not None and all(p in self.image_cache for p in self.used_paths()):
+        """No workers (0) when the run trains on the CPU and the cache holds every image it
+        reads: there a worker would copy a cached image out and back over a queue, and take a
+        core from the training, which costs more than the transform it saves
+        (bench/bench_vs_timm.py, on 2 cores: 1.9 s an epoch without workers, 2.2 s with 2).
+        On a GPU the workers stay: they augment while the device computes. (The config cannot
+        tell a num_workers left at its default from one set to it, so on the CPU both drop.)"""
+        cached = self.image_cache is not None and all(
+            p in self.image_cache for p in self.used_paths()
+        )
+        if cached and trains_on_cpu(self.cfg.device, torch.cuda.device_count()):
             return 0
         return self.cfg.num_workers
 

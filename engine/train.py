@@ -33,6 +33,7 @@ from engine.best_model import (
 from engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from engine.config import RunConfig
 from engine.data import load_splits, probe_cache
+from engine.data.image_cache import processes_here
 from engine.early_stopping import EarlyStopping
 from engine.launch import LAUNCHED_ENV, trains_on_cpu
 from engine.metric_log import Cancelled, MetricLog
@@ -53,7 +54,7 @@ class Trainer:
             raise SystemExit(f"run {run_id} not found in {self.home}")
         self.run_id, self.resume = run_id, resume
         self.folder = RunFolder(self.home, run_id).create()
-        self.cfg = RunConfig.from_dict(run["config"])
+        self.cfg = RunConfig.from_stored(run["config"])
         self.accelerator = Accelerator(
             # device=auto without a GPU is the CPU (else each process of a --multi_gpu launch
             # would train alone); the worker also says so with ACCELERATE_USE_CPU.
@@ -96,7 +97,7 @@ class Trainer:
             model = self.task.prepare_model(model)
             optimizer = create_optimizer(cfg, model)
         with self.timings.phase("image_cache"):  # before the loaders' workers start
-            cached = self.task.cache_images(procs)
+            cached = self.task.cache_images(processes_here(procs))  # share this machine's
         with self.timings.phase("model"):
             loaders = self.task.loaders(procs)  # train, then the evaluated splits
             self.model, self.optimizer, *prepared = self.accelerator.prepare(

@@ -296,3 +296,30 @@ def test_fine_tuning_defaults_win_the_quality_benchmark():
     with pytest.raises(ConfigError) as err:
         RunConfig.from_dict({"task": "detection", "dataset": "d", "label_smoothing": 0.2})
     assert "label_smoothing" in err.value.by_field()
+
+
+def test_detection_accepts_the_off_values_of_classification_keys():
+    det = RunConfig.from_dict(
+        {"task": "detection", "dataset": "d", "label_smoothing": 0, "cache_images": "off"}
+    )
+    stored = det.resolved()
+    assert (stored["label_smoothing"], stored["cache_images"]) == (0.0, "off")
+    assert (
+        RunConfig.from_dict({"task": "detection", "dataset": "d"}).resolved()["label_smoothing"]
+        == 0.0
+    )
+    RunConfig.from_dict(stored)  # a stored detection config reads back
+    errors = errors_of({"task": "detection", "dataset": "d", "label_smoothing": 0.2})
+    assert errors["label_smoothing"] == (
+        "label_smoothing: got 0.2, expected 0.0 (or unset) for detection: label_smoothing "
+        "applies to classification only; detection uses the detector's own losses"
+    )
+
+
+def test_a_stored_config_from_before_a_key_keeps_what_its_run_used():
+    old = {"dataset": "d", "optimizer": "sgd", "lr": 0.01}  # stored before the keys existed
+    cfg = RunConfig.from_stored(old)
+    assert (cfg.label_smoothing, cfg.backbone_lr_factor, cfg.nesterov) == (0.0, 1.0, False)
+    new = RunConfig.from_dict(old).resolved()  # stored today: its own values hold
+    again = RunConfig.from_stored(new)
+    assert (again.label_smoothing, again.nesterov) == (0.1, True)

@@ -452,6 +452,31 @@ def test_new_run_form_starts_from_a_past_run(home, db, dataset):
     assert at.selectbox(key="start_from").value == old
 
 
+def test_filling_from_an_old_run_resets_what_it_lacks_and_leaves_a_default_lr_empty(
+    home, db, dataset
+):
+    smooth = seed_run(db, dataset, label_smoothing=0.3, backbone_lr_factor=0.5, lr=0.05)
+    config = RunConfig.from_dict(
+        {"dataset": str(dataset), "pretrained": False, "optimizer": "sgd"}
+    ).resolved()
+    for key in ("label_smoothing", "backbone_lr_factor", "nesterov"):
+        del config[key]  # stored before these keys existed
+    old = store.create_run(
+        db, config, name="old", tags=(), by={"username": "alice", "role": "member"}
+    )
+    at = open_page("new_run")
+    at.selectbox(key="start_from").set_value(smooth).run()
+    assert at.number_input(key="cfg_label_smoothing").value == 0.3
+    assert at.number_input(key="cfg_lr").value == 0.05
+    at.selectbox(key="start_from").set_value(old).run()
+    # What the old run trained with, not what the form held from the other run.
+    assert at.number_input(key="cfg_label_smoothing").value == 0.0
+    assert at.number_input(key="cfg_backbone_lr_factor").value == 1.0
+    assert at.checkbox(key="cfg_nesterov").value is False
+    # Its lr was SGD's default: left empty, so another optimizer takes its own default.
+    assert at.number_input(key="cfg_lr").value is None
+
+
 def test_new_run_form_asks_before_queueing_a_config_twice(home, db, dataset):
     at = fill_tiny_run(open_page("new_run"))
     at.button(key="queue_run").click().run()
@@ -1215,6 +1240,11 @@ class FakePredictor:
     classes = [str(i) for i in range(10)]
     default_threshold = 0.5
     card = {"task": "classification", "model": "efficientnet_b0", "metric": "roc_auc"}
+
+    def read(self, source):
+        from engine.data import read_image
+
+        return read_image(source)
 
     def predict(self, images):
         probs = {c: 0.01 for c in self.classes} | {"3": 0.81, "8": 0.1}

@@ -219,3 +219,21 @@ def test_a_zero_factor_trains_the_head_only():
     optimizer.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     assert changed == {"classifier.weight", "classifier.bias"}
+
+
+def test_nesterov_is_a_key_and_old_stored_sgd_runs_keep_plain_momentum():
+    group = optim.create_optimizer(make_cfg(optimizer="sgd", nesterov=False), tiny_model())
+    assert group.param_groups[0]["nesterov"] is False
+    old = RunConfig.from_stored({"dataset": "x", "optimizer": "sgd", "lr": 0.01})
+    assert optim.create_optimizer(old, tiny_model()).param_groups[0]["nesterov"] is False
+    assert (old.label_smoothing, old.backbone_lr_factor) == (0.0, 1.0)
+
+
+def test_an_ignored_backbone_lr_factor_is_said_once():
+    said = []
+    cfg = make_cfg(pretrained=False, backbone_lr_factor=0.1)
+    optimizer = optim.create_optimizer(cfg, tiny_model(), log=said.append)
+    assert len(optimizer.param_groups) == 1
+    assert len(said) == 1 and "backbone_lr_factor 0.1 ignored: pretrained is off" in said[0]
+    optim.create_optimizer(make_cfg(pretrained=False), tiny_model(), log=said.append)
+    assert len(said) == 1  # factor 1: nothing to say

@@ -182,6 +182,40 @@ def test_folder_predictions_list_broken_files_and_match_the_model(seeded, tmp_pa
         assert record["probs"] == pytest.approx(pred["probs"], abs=1e-6)
 
 
+def write_photo(path, width=800, height=600):
+    """A smooth JPEG far larger than 4 x image_size: decoded in draft mode by the run."""
+    coarse = np.random.default_rng(0).integers(0, 255, (height // 40, width // 40, 3), np.uint8)
+    Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC).save(path, quality=90)
+    return path
+
+
+def test_a_large_jpeg_is_predicted_from_the_pixels_the_runs_evaluation_read(seeded, tmp_path):
+    from engine.data.records import ClassSample, DatasetSplits
+    from engine.tasks import ClassificationTask
+
+    home, run_id = seeded["home"], seeded["cls"]
+    photo = write_photo(tmp_path / "photo.jpg")
+    db = store.connect(home)
+    cfg = RunConfig.from_stored(store.get_run(db, run_id)["config"])  # as the trainer reads it
+    db.conn.close()
+    predictor = load_predictor(run_id, home=home)
+    card = predictor.card
+    splits = DatasetSplits("classification", "", Path(), CLASSES)
+    splits.test = [ClassSample(str(photo), 0)]
+    inputs = {"image_size": card["image_size"], "mean": card["mean"], "std": card["std"]}
+    evaluated = ClassificationTask(cfg, splits, inputs).dataset(splits.test, train=False)[0][0]
+    assert predictor.decode_size and 4 * predictor.image_size < 600
+    assert torch.equal(predictor.preprocess(predictor.read(photo)), evaluated)
+    full = predictor.preprocess(read_image(photo))  # the full decode differs: the test can tell
+    assert not torch.equal(full, evaluated)
+
+    predict_files(run_id, [photo], out=tmp_path / "p.jsonl", home=home, progress=False)
+    row = read_jsonl(tmp_path / "p.jsonl")[0]
+    with torch.no_grad():
+        own = predictor.model(evaluated[None]).softmax(-1)[0].numpy()
+    np.testing.assert_allclose([row["probs"][c] for c in CLASSES], own, atol=2e-6)
+
+
 def test_predict_to_stdout_names_files_and_missing_paths(seeded, capsys):
     images = seeded["images"]
     result = predict_files(

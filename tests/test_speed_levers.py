@@ -2,6 +2,8 @@
 JPEGs decoded at reduced size, the in-memory image cache, the data check's probe cache, and the
 short cuts that keep torch and timm out of `visionboard train` before the launch."""
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -15,13 +17,13 @@ from PIL import Image, ImageDraw
 from engine import choices
 from engine.architectures import model_family
 from engine.config import RunConfig
-from engine.data import ClassificationDataset, build_transform, probe_cache
+from engine.data import ClassificationDataset, build_transform, image_cache, probe_cache
 from engine.data import images as images_module
 from engine.data.errors import ImageError
 from engine.data.image_cache import ImageCache, estimate_bytes, plan_cache
-from engine.data.images import decoded_size, probe_images, read_image
+from engine.data.images import decoded_size, probe_images, read_image, run_decode_size
 from engine.data.records import ClassSample
-from engine.tasks import Indexed, decode_size
+from engine.tasks import Indexed
 from engine.worker import Job, Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,14 +81,14 @@ def test_draft_decoded_samples_match_full_decoded_ones(photos):
 
 
 def test_decode_size_is_twice_the_input_or_more_for_small_crops():
-    assert decode_size(cfg(augment_crop=False), SIZE) == 2 * SIZE
-    assert decode_size(cfg(augment_crop=True, crop_min_ratio=0.75), SIZE) == 2 * SIZE
-    assert decode_size(cfg(augment_crop=True, crop_min_ratio=0.0625), SIZE) == 4 * SIZE
+    assert run_decode_size(cfg(augment_crop=False), SIZE) == 2 * SIZE
+    assert run_decode_size(cfg(augment_crop=True, crop_min_ratio=0.75), SIZE) == 2 * SIZE
+    assert run_decode_size(cfg(augment_crop=True, crop_min_ratio=0.0625), SIZE) == 4 * SIZE
 
 
 def test_draft_decode_can_be_switched_off_for_the_bench(monkeypatch):
     monkeypatch.setenv("VISIONBOARD_DRAFT_DECODE", "0")
-    assert decode_size(cfg(), SIZE) is None
+    assert run_decode_size(cfg(), SIZE) is None
 
 
 # -- the image cache ------------------------------------------------------------------------
@@ -150,6 +152,35 @@ def test_auto_caches_only_what_fits_whole_and_on_caches_up_to_the_budget(photos)
     assert set(choices.IMAGE_CACHE) == {"auto", "on", "off"}
 
 
+def test_the_cache_budget_stays_within_the_containers_cgroup_limit(tmp_path, monkeypatch):
+    assert image_cache.available_memory() > 64 << 20  # this machine's, or its container's
+    monkeypatch.setattr(image_cache, "CGROUP_ROOT", tmp_path)
+    machine = 1 << 30
+    monkeypatch.setattr(image_cache, "_machine_memory", lambda: machine)  # MemAvailable moves
+    assert image_cache.available_memory() == machine  # no cgroup files: the machine's memory
+    (tmp_path / "memory.max").write_text("max\n")  # v2 without a limit
+    (tmp_path / "memory.current").write_text(f"{10 << 20}\n")
+    assert image_cache.available_memory() == machine
+    (tmp_path / "memory.max").write_text(f"{64 << 20}\n")  # v2: limit less usage
+    assert image_cache.available_memory() == 54 << 20
+    assert image_cache.cache_budget(processes=2) == (54 << 20) // 4 // 2
+    (tmp_path / "memory.max").unlink()
+    v1 = tmp_path / "memory"
+    v1.mkdir()
+    (v1 / "memory.limit_in_bytes").write_text(f"{2**63 - 4096}\n")  # v1 without a limit
+    (v1 / "memory.usage_in_bytes").write_text(f"{8 << 20}\n")
+    assert image_cache.available_memory() == machine
+    (v1 / "memory.limit_in_bytes").write_text(f"{32 << 20}\n")
+    assert image_cache.available_memory() == 24 << 20
+
+
+def test_the_budget_is_shared_by_the_processes_on_this_machine_only(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert image_cache.processes_here(4) == 4  # no launcher said: all of them, the safe side
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 2 machines of 2 processes each
+    assert image_cache.processes_here(4) == 2
+
+
 # -- the data check's probe cache -----------------------------------------------------------
 
 
@@ -186,6 +217,91 @@ def test_probes_are_cached_until_a_file_changes(tmp_path, monkeypatch):
     with probe_cache.using(home):
         probe_images(paths)
     assert probed == [5, 1, 5, 5]
+
+
+def _counting_probes(monkeypatch, fail=()):
+    """Counts what _probe_all is asked; paths in `fail` fail as the OS refusing to read them."""
+    probed = []
+    probe_all = images_module._probe_all
+
+    def counting(batch):
+        probed.append(len(batch))
+        out = []
+        for path, result in zip(batch, probe_all(batch)):
+            if str(path) in fail:
+                try:
+                    raise ImageError(path, "cannot read image") from PermissionError(13, "denied")
+                except ImageError as exc:
+                    result = exc
+            out.append(result)
+        return out
+
+    monkeypatch.setattr(images_module, "_probe_all", counting)
+    return probed
+
+
+def test_a_probe_the_os_refused_is_not_cached_and_a_replaced_file_is_probed(tmp_path, monkeypatch):
+    files = [write_photo(tmp_path / "data" / f"{i}.jpg", 60 + i, 40) for i in range(3)]
+    fail = {str(files[1])}
+    probed = _counting_probes(monkeypatch, fail)
+    home = tmp_path / "home"
+    with probe_cache.using(home):
+        assert isinstance(probe_images(files)[1], ImageError)
+        fail.clear()  # the permission is back
+        assert probe_images(files)[1] == (61, 40)
+    assert probed == [3, 1]
+
+    # Same size and times, another file (inode): probed again.
+    other = tmp_path / "other.jpg"
+    write_photo(other, 60, 40, seed=5)
+    stat = files[0].stat()
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(other, files[0])
+    with probe_cache.using(home):
+        probe_images(files)
+    assert probed == [3, 1, 1]
+
+
+def test_splits_sharing_a_folder_keep_each_others_probes(tmp_path, monkeypatch):
+    files = [write_photo(tmp_path / "data" / f"{i}.jpg", 60 + i, 40) for i in range(4)]
+    train, val = files[:2], files[2:]
+    probed = _counting_probes(monkeypatch)
+    home = tmp_path / "home"
+    with probe_cache.using(home):
+        probe_images(train)
+        probe_images(val)
+        probe_images(train)
+        probe_images(val)
+    assert probed == [2, 2]
+    files[3].unlink()  # a file gone is forgotten at the next write
+    new = write_photo(tmp_path / "data" / "new.jpg", 50, 40)
+    with probe_cache.using(home):
+        probe_images([*train, new])
+    assert probed == [2, 2, 1]
+    (cache,) = (home / "cache").glob("probes-*.json")
+    assert sorted(json.loads(cache.read_text())) == sorted(str(f) for f in [*files[:3], new])
+    assert not list((home / "cache").glob("*.tmp"))
+
+
+def test_a_malformed_probe_cache_is_a_miss(tmp_path, monkeypatch):
+    files = [write_photo(tmp_path / "data" / f"{i}.jpg", 60 + i, 40) for i in range(3)]
+    probed = _counting_probes(monkeypatch)
+    home = tmp_path / "home"
+    with probe_cache.using(home):
+        probe_images(files)
+    (cache,) = (home / "cache").glob("probes-*.json")
+    entries = json.loads(cache.read_text())
+    stamp = entries[str(files[0])][:4]
+    entries[str(files[0])] = stamp  # no result
+    entries[str(files[1])] = [*stamp[:2]]  # the old, shorter form
+    entries[str(files[2])] = [*entries[str(files[2])][:4], "62", 40]  # a width as text
+    cache.write_text(json.dumps(entries))
+    with probe_cache.using(home):
+        assert probe_images(files) == [(60, 40), (61, 40), (62, 40)]
+    cache.write_text("{not json")
+    with probe_cache.using(home):
+        assert probe_images(files) == [(60, 40), (61, 40), (62, 40)]
+    assert probed == [3, 3, 3]
 
 
 # -- before the launch ----------------------------------------------------------------------
@@ -233,10 +349,24 @@ def test_a_run_whose_images_are_all_cached_loads_them_without_workers(photos):
     splits = DatasetSplits("classification", "", Path(), ["c0", "c1"])
     splits.train, splits.test = photos[:4], photos[4:]
     model_input = {"image_size": SIZE, "mean": MEAN, "std": STD}
-    cached = ClassificationTask(cfg(num_workers=2), splits, model_input)
+    cached = ClassificationTask(cfg(num_workers=2, device="cpu"), splits, model_input)
     assert "6 of 6 images" in cached.cache_images(processes=1)
     assert cached.loader_workers() == 0
     assert cached.loaders(1)["train"].num_workers == 0
-    uncached = ClassificationTask(cfg(num_workers=2, cache_images="off"), splits, model_input)
+    off = cfg(num_workers=2, device="cpu", cache_images="off")
+    uncached = ClassificationTask(off, splits, model_input)
     assert "read from their files" in uncached.cache_images(processes=1)
     assert uncached.loader_workers() == 2
+
+
+def test_a_cached_run_on_a_gpu_keeps_its_loader_workers(photos, monkeypatch):
+    from engine.data.records import DatasetSplits
+    from engine.tasks import ClassificationTask
+
+    splits = DatasetSplits("classification", "", Path(), ["c0", "c1"])
+    splits.train, splits.test = photos[:4], photos[4:]
+    model_input = {"image_size": SIZE, "mean": MEAN, "std": STD}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # device=auto trains on it
+    task = ClassificationTask(cfg(num_workers=2, device="auto"), splits, model_input)
+    assert "6 of 6 images" in task.cache_images(processes=1)
+    assert task.loader_workers() == 2

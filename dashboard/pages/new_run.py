@@ -16,7 +16,7 @@ import streamlit as st
 from dashboard import state
 from dashboard.data_check import draw_check, split_by_severity
 from engine import choices, store
-from engine.config import GROUPS, ConfigError, RunConfig, field_info
+from engine.config import GROUPS, STORED_BEFORE, ConfigError, RunConfig, field_info
 from engine.data import preview_augmentations
 from engine.launch import configs_dir, list_accelerate_configs
 from engine.preflight import check_run, resolve_paths
@@ -200,6 +200,27 @@ def on_dataset_change() -> None:
     )
 
 
+def stored_values(config: dict[str, Any]) -> dict[str, Any]:
+    """Every key's form value for a stored config: a key it lacks takes what its run used
+    (engine.config.STORED_BEFORE) or the task's default, never what the form held before;
+    a key of another task its default; an lr equal to its optimizer's default stays empty,
+    so that choosing another optimizer takes that one's default."""
+    config = {**STORED_BEFORE, **config}
+    task = config.get("task", BY_NAME["task"]["default"])
+    proposed = dict(choices.TASKS[task].task_defaults) if task in choices.TASKS else {}
+    values = {}
+    for info in FIELDS:
+        name = info["name"]
+        value = config[name] if name in config else proposed.get(name, info["default"])
+        if not applies(info, task):
+            value = info["default"]
+        values[name] = value
+    optimizer = choices.OPTIMIZERS.get(values["optimizer"])
+    if optimizer is not None and values["lr"] == optimizer.default_lr:
+        values["lr"] = None
+    return values
+
+
 def fill_from_run(run_id: int | None) -> None:
     """Copy a past run's config into the form (the name is left empty for a fresh one)."""
     if run_id is None:
@@ -209,8 +230,8 @@ def fill_from_run(run_id: int | None) -> None:
         return
     ss = st.session_state
     config = run["config"] or {}
-    for name, value in config.items():
-        if name in BY_NAME and name not in ("dataset", "model", "name"):
+    for name, value in stored_values(config).items():
+        if name not in ("dataset", "model", "name"):
             ss[KEY + name] = widget_value(name, value)
     task = config.get("task", BY_NAME["task"]["default"])
     model = config.get("model") or choices.get_task(task).default_model

@@ -62,8 +62,9 @@ def pick_run(choices: dict[int, str]) -> int:
 # -- images in --------------------------------------------------------------------------------
 
 
-def read_uploads(files) -> list[dict[str, Any]]:
-    from engine.data import ImageError, read_image
+def read_uploads(files, read) -> list[dict[str, Any]]:
+    """`read`: the predictor's (Predictor.read), which decodes as the run's evaluation did."""
+    from engine.data import ImageError
 
     items = []
     for file in files or []:
@@ -71,15 +72,15 @@ def read_uploads(files) -> list[dict[str, Any]]:
         buffer = io.BytesIO(file.getvalue())
         buffer.name = file.name  # so an error names the upload
         try:
-            item["image"] = read_image(buffer)
+            item["image"] = read(buffer)
         except ImageError as exc:
             item["error"] = exc.reason
         items.append(item)
     return items
 
 
-def read_server_paths(text: str) -> list[dict[str, Any]]:
-    from engine.data import ImageError, read_image
+def read_server_paths(text: str, read) -> list[dict[str, Any]]:
+    from engine.data import ImageError
     from engine.predict import collect_images
 
     roots = data_roots.data_roots(state.home())
@@ -99,7 +100,7 @@ def read_server_paths(text: str) -> list[dict[str, Any]]:
     for path in files[:MAX_SERVER_IMAGES]:
         item = {"name": str(path), "key": f"{path}:{path.stat().st_mtime}", "image": None}
         try:
-            item["image"], item["error"] = read_image(path), ""
+            item["image"], item["error"] = read(path), ""
         except ImageError as exc:
             item["error"] = exc.reason
         items.append(item)
@@ -261,9 +262,9 @@ else:
         f"Drawn for the first {MAX_HEATMAPS} images.",
     )
 
-items = read_uploads(uploads)
+items = read_uploads(uploads, predictor.read)
 if st.session_state.get("predict_paths", "").strip():
-    items += read_server_paths(st.session_state["predict_paths"])
+    items += read_server_paths(st.session_state["predict_paths"], predictor.read)
 items = list({item["key"]: item for item in items}.values())  # a file named twice shows once
 if not items:
     st.caption("Drop images above to see what the model predicts.")

@@ -11,8 +11,8 @@ Every refusal is an ApiError with its HTTP status and a message naming the image
 or the limit: 400 a body that is no JSON or no multipart, 413 a body, a file or an image
 (in pixels: a decompression bomb, at Pillow's warning already) over the limits or too many
 images, 415 another content type, 422 no image, a file that is no image, a bad field.
-Decoding is engine.data.read_image (EXIF orientation, RGB), as `visionboard predict` reads
-files.
+Decoding is engine.data.read_image (EXIF orientation, RGB) at the predictor's decode size,
+as `visionboard predict` reads files (engine.predict.Predictor.read).
 """
 
 from __future__ import annotations
@@ -243,8 +243,9 @@ def parse_top_k(value: Any, classes: int) -> int | None:
     return top_k
 
 
-def decode_image(name: str, data: bytes, max_pixels: int) -> Image.Image:
-    """One image file's bytes as the predictor reads files (engine.data.read_image). A file
+def decode_image(name: str, data: bytes, max_pixels: int, read=None) -> Image.Image:
+    """One image file's bytes as the predictor reads files: `read` (Predictor.read; default
+    engine.data.read_image at full size) given the bytes as a named buffer. A file
     whose header claims more pixels than max_pixels, or than Pillow's MAX_IMAGE_PIXELS (past
     which Pillow warns of a decompression bomb, and past twice which it refuses), is refused
     before its pixels are decoded. (No warnings filter: that is process-wide state, and the
@@ -264,7 +265,7 @@ def decode_image(name: str, data: bytes, max_pixels: int) -> Image.Image:
     buffer = io.BytesIO(data)
     buffer.name = name  # so an error names the upload
     try:
-        return read_image(buffer)
+        return (read or read_image)(buffer)
     except ImageError as exc:
         raise ApiError(422, f"image {name!r}: {exc.reason}") from None
 
@@ -273,5 +274,7 @@ def _bomb(name: str, why: str) -> ApiError:
     return ApiError(413, f"image {name!r} refused as a decompression bomb: {why}")
 
 
-def decode_images(files: list[tuple[str, bytes]], max_pixels: int) -> list[tuple[str, Image.Image]]:
-    return [(name, decode_image(name, data, max_pixels)) for name, data in files]
+def decode_images(
+    files: list[tuple[str, bytes]], max_pixels: int, read=None
+) -> list[tuple[str, Image.Image]]:
+    return [(name, decode_image(name, data, max_pixels, read)) for name, data in files]

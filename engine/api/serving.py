@@ -189,7 +189,7 @@ async def read_images(server: ModelServer, request) -> tuple[list, float | None,
                        "runs (threshold chooses which boxes come back)")  # fmt: skip
     server.reserve(len(files))
     try:
-        images = await run_in_threadpool(decode_images, files, server.limits.max_pixels)
+        images = await run_in_threadpool(decode_images, files, server.limits.max_pixels, p.read)
     except BaseException:
         server.batcher.release(len(files))
         raise

@@ -10,8 +10,9 @@ parallel: Pillow releases the GIL), so loader workers forked afterwards share it
 copy-on-write instead of each decoding and keeping its own copy.
 `cache_images`: `auto` caches a split only where the whole split fits the budget (estimated
 from a sample of headers, then enforced image by image), `on` caches up to the budget, `off`
-never. The budget is a quarter of the memory available when the run starts, shared by the
-run's processes on the machine (each keeps its own cache).
+never. The budget is a quarter of the memory available when the run starts (the machine's, or
+its container's cgroup limit less its usage where lower), shared by the run's processes on the
+machine (each keeps its own cache).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from engine.data.images import decoded_size
 MEMORY_SHARE = 0.25  # of the memory available at the start, for all of a machine's caches
 ESTIMATE_SAMPLE = 200  # image headers read to estimate a split's bytes
 BYTES_PER_PIXEL = 3  # RGB, 8 bits
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # the process's memory limit in a container (cgroup_room)
+NO_LIMIT = 1 << 60  # a cgroup v1 limit at or above this means none (it writes ~2**63)
 
 
 class ImageCache:
@@ -85,7 +88,14 @@ class ImageCache:
 
 
 def available_memory() -> int:
-    """Bytes of memory available to new allocations (Linux: MemAvailable), else the total."""
+    """Bytes of memory available to new allocations: the machine's (Linux: MemAvailable, else
+    the total), or less where the process's cgroup (a container) allows less."""
+    memory = _machine_memory()
+    room = cgroup_room()
+    return memory if room is None else min(memory, room)
+
+
+def _machine_memory() -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -96,6 +106,40 @@ def available_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+def _read_bytes(path: Path) -> int | None:
+    """The number in a cgroup file; None where it is missing, "max" or absurdly large (cgroup
+    v1 writes a huge number for "no limit")."""
+    try:
+        value = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return value if 0 <= value < NO_LIMIT else None
+
+
+def cgroup_room(root: Path | None = None) -> int | None:
+    """Bytes the cgroup at `root` (default CGROUP_ROOT) still lets this process allocate:
+    its limit less its usage (cgroup v2 memory.max / memory.current, v1 memory.limit_in_bytes /
+    memory.usage_in_bytes); None where no limit is set or readable."""
+    root = Path(CGROUP_ROOT if root is None else root)
+    for limit, usage in (
+        (root / "memory.max", root / "memory.current"),
+        (root / "memory" / "memory.limit_in_bytes", root / "memory" / "memory.usage_in_bytes"),
+    ):
+        cap = _read_bytes(limit)
+        if cap is not None:
+            return max(0, cap - (_read_bytes(usage) or 0))
+    return None
+
+
+def processes_here(total: int) -> int:
+    """The run's processes on this machine, of `total` on every machine: the local world size
+    torchrun (under `accelerate launch`) sets, else `total`."""
+    try:
+        return max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
+    except (KeyError, ValueError):
+        return max(1, total)
 
 
 def cache_budget(processes: int = 1, memory: int | None = None) -> int:

@@ -8,6 +8,8 @@ naming it.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,9 @@ IMAGE_EXTENSIONS = frozenset(
     ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
 )
 _EXIF_ORIENTATION = 0x0112
+# Developer switch for bench/bench_vs_timm.py, which measures what each lever is worth.
+DRAFT_ENV = "VISIONBOARD_DRAFT_DECODE"  # "0": decode every JPEG at full size
+DRAFT_MARGIN = 2  # decode at least this many times the input size: the resize still averages
 _READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError)
 
 
@@ -66,6 +71,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def run_decode_size(cfg, image_size: int) -> int | None:
+    """The side under which no JPEG of a classification run (a RunConfig) is decoded, in
+    training, evaluation and prediction alike (read_image): twice the input size, or more
+    where a random crop may keep a small share of the image, so the crop, once resized, is
+    still made of averaged pixels."""
+    if os.environ.get(DRAFT_ENV) == "0":
+        return None
+    share = cfg.crop_min_ratio if cfg.augment_crop else 1.0
+    return math.ceil(image_size * max(DRAFT_MARGIN, 1 / math.sqrt(share)))
 
 
 def read_image(path: str | Path, decode_size: int | None = None) -> Image.Image:
