@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.sample_datasets import compose_canvases  # noqa: E402
+from engine.sample_datasets import coco_annotation, compose_canvases  # noqa: E402
 
 CLASSES = ["0", "1", "2"]
 MIN_SIZE = 128
@@ -87,19 +87,12 @@ def write_coco_set(root: Path, train: int, val: int) -> Path:
             coco["images"].append(
                 {"id": image_id, "file_name": name, "width": image.width, "height": image.height}
             )
-            for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):
-                coco["annotations"].append(
-                    {
-                        "id": len(coco["annotations"]) + 1,
-                        "image_id": image_id,
-                        "category_id": int(label) + 1,
-                        "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "area": (x2 - x1) * (y2 - y1),
-                        "iscrowd": 0,
-                        # The reference's COCO reader wants one: the box as a polygon.
-                        "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]],
-                    }
-                )
+            for box, label in zip(boxes.tolist(), labels.tolist()):
+                x1, y1, x2, y2 = box
+                annotation = coco_annotation(len(coco["annotations"]) + 1, image_id, box, label)
+                # The reference's COCO reader wants one: the box as a polygon.
+                annotation["segmentation"] = [[x1, y1, x2, y1, x2, y2, x1, y2]]
+                coco["annotations"].append(annotation)
         (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(coco))
     return root
 

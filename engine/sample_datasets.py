@@ -126,6 +126,19 @@ def write_imagefolder(root: Path, items, split: str | None = None) -> Path:
     return Path(root)
 
 
+def coco_annotation(ann_id: int, image_id: int, box, label: int) -> dict:
+    """One COCO annotation of an xyxy box whose label indexes the classes (ids start at 1)."""
+    x1, y1, x2, y2 = box
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": int(label) + 1,
+        "bbox": [x1, y1, x2 - x1, y2 - y1],
+        "area": (x2 - x1) * (y2 - y1),
+        "iscrowd": 0,
+    }
+
+
 def write_coco(
     root: Path, records, classes: list[str], json_name: str = "annotations.json"
 ) -> Path:
@@ -144,16 +157,9 @@ def write_coco(
         coco["images"].append(
             {"id": image_id, "file_name": file_name, "width": image.width, "height": image.height}
         )
-        for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):
+        for box, label in zip(boxes.tolist(), labels.tolist()):
             coco["annotations"].append(
-                {
-                    "id": len(coco["annotations"]) + 1,
-                    "image_id": image_id,
-                    "category_id": int(label) + 1,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": 0,
-                }
+                coco_annotation(len(coco["annotations"]) + 1, image_id, box, label)
             )
     (root / json_name).write_text(json.dumps(coco, indent=1))
     return root
