@@ -11,7 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-SEVERITIES = ("blocking", "warning", "info")
+from engine.data.errors import SEVERITIES
 
 
 def split_by_severity(info: dict[str, Any]) -> dict[str, list[dict[str, str]]]:

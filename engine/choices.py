@@ -114,14 +114,14 @@ class OptimizerInfo:
     # (SGD's steps are the gradient's size, Adam's about lr whatever the gradient's).
     default_lr: float
     description: str
-    extra_kwargs: tuple[tuple[str, Any], ...] = ()  # always passed to torch_class
+    has_nesterov: bool = False  # takes the config's `nesterov` (with momentum)
 
 
 OPTIMIZERS = _registry(
     OptimizerInfo("adam", "Adam", False, 1e-3, "adaptive moments; a safe default"),
     # Nesterov momentum: the fine-tuning benchmark's SGD (bench/bench_quality.py).
     OptimizerInfo(
-        "sgd", "SGD", True, 1e-2, "SGD with Nesterov momentum", extra_kwargs=(("nesterov", True),)
+        "sgd", "SGD", True, 1e-2, "SGD with Nesterov momentum", has_nesterov=True
     ),  # fmt: skip
     OptimizerInfo("rmsprop", "RMSprop", True, 1e-3, "RMSprop with momentum"),
     OptimizerInfo("adamax", "Adamax", False, 2e-3, "Adam with the infinity norm"),
@@ -260,10 +260,6 @@ IMAGE_CACHE = _registry(
     ImageCacheInfo("on", "decoded images kept in memory up to the budget, the rest read again"),
     ImageCacheInfo("off", "every image read from its file each time"),
 )
-
-
-def get_image_cache(name: str) -> ImageCacheInfo:
-    return _lookup(IMAGE_CACHE, "cache_images", name)
 
 
 # -- devices and precision ----------------------------------------------------------------

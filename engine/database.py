@@ -167,7 +167,7 @@ def connect(url: str | None, sqlite_path: Path, home: Path):
     else:
         conn = sqlite3.connect(sqlite_path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        db = sqlite_utils.Database(conn)
+        db = SQLiteDatabase(conn)
         if db.journal_mode != "wal":
             db.enable_wal()
         # WAL's usual setting: a commit no longer waits for an fsync (milliseconds at each of
@@ -178,6 +178,20 @@ def connect(url: str | None, sqlite_path: Path, home: Path):
         db.url = None
     db.home = home
     return db
+
+
+class SQLiteDatabase(sqlite_utils.Database):
+    """sqlite-utils' Database, reading rows without the savepoint its query() wraps each
+    statement in: with another process writing, that savepoint's release was seen to fail
+    now and then ("no such savepoint"). Rows are fetched at once, so a write with RETURNING
+    completes before the rows are read."""
+
+    def query(self, sql: str, params=None):
+        cursor = self.conn.execute(sql, () if params is None else params)
+        if cursor.description is None:
+            return iter(())
+        keys = [d[0] for d in cursor.description]
+        return iter([dict(zip(keys, row)) for row in cursor.fetchall()])
 
 
 def dialect(db) -> Dialect:

@@ -42,19 +42,17 @@ def create_optimizer(
         groups = [{"params": trained_head, "lr": lr}]
         if backbone:
             groups.append({"params": backbone, "lr": lr * cfg.backbone_lr_factor})
-    elif cfg.backbone_lr_factor < 1.0:
+    elif cfg.backbone_lr_factor != 1.0:
         why = "pretrained is off" if not cfg.pretrained else "the model's head is not known"
         (log or logging.getLogger(__name__).warning)(
             f"backbone_lr_factor {cfg.backbone_lr_factor:g} ignored: {why}, so every trained "
             f"layer learns at lr {lr:g}"
         )
-    kwargs = {"lr": lr, "weight_decay": cfg.weight_decay, **dict(info.extra_kwargs)}
-    if "nesterov" in kwargs:
-        kwargs["nesterov"] = cfg.nesterov
+    kwargs = {"lr": lr, "weight_decay": cfg.weight_decay}
     if info.has_momentum:
         kwargs["momentum"] = cfg.momentum
-    if not kwargs.get("momentum"):
-        kwargs.pop("nesterov", None)  # torch refuses Nesterov without momentum
+    if info.has_nesterov and cfg.momentum:  # torch refuses Nesterov without momentum
+        kwargs["nesterov"] = cfg.nesterov
     return getattr(torch.optim, info.torch_class)(groups, **kwargs)
 
 

@@ -117,13 +117,14 @@ class Task:
     def loaders(self, num_processes: int) -> dict[str, DataLoader]:
         """{"train": ..., eval_split: ..., final_split: ...}: a loader per split the run uses."""
         cfg = self.cfg
+        workers = self.loader_workers()
         common = {
             # Not the global RNG: the loader draws its workers' base seed when its workers
             # start (each epoch, or once when persistent), which would move dropout's stream.
             "generator": torch.Generator().manual_seed(cfg.seed),
             "batch_size": cfg.batch_size,
-            "num_workers": self.loader_workers(),
-            "persistent_workers": self.loader_workers() > 0,
+            "num_workers": workers,
+            "persistent_workers": workers > 0,
             "pin_memory": torch.cuda.is_available() and cfg.device != "cpu",
             "collate_fn": self.collate,
         }
@@ -158,6 +159,7 @@ class ClassificationTask(Task):
         super().__init__(cfg, splits, model_input)
         self.decode_size = run_decode_size(cfg, model_input["image_size"])
         self.image_cache: ImageCache | None = None
+        self.all_cached = False  # every image the run reads is in the cache (cache_images)
 
     def used_paths(self) -> list[str]:
         """The files of every split the run reads: train, then the evaluated ones."""
@@ -166,7 +168,10 @@ class ClassificationTask(Task):
 
     def cache_images(self, processes):
         paths, mode = self.used_paths(), self.cfg.cache_images
-        needed = estimate_bytes(paths, self.decode_size, self.cfg.seed)
+        if mode == "off":
+            return "image cache off: images read from their files each time"
+        # Only `auto` weighs the estimate (reading up to 200 image headers) against the budget.
+        needed = estimate_bytes(paths, self.decode_size, self.cfg.seed) if mode == "auto" else 0
         allowed = cache_budget(processes)
         budget = plan_cache(mode, needed, allowed)
         if budget is None:
@@ -176,6 +181,7 @@ class ClassificationTask(Task):
             )
         self.image_cache = ImageCache(budget)
         kept = self.image_cache.fill(paths, lambda path: read_image(path, self.decode_size))
+        self.all_cached = kept == len({str(p) for p in paths})
         return (
             f"image cache: {kept} of {len(paths)} images decoded once, kept in memory "
             f"({self.image_cache.used >> 20} MiB)"
@@ -188,10 +194,7 @@ class ClassificationTask(Task):
         (bench/bench_vs_timm.py, on 2 cores: 1.9 s an epoch without workers, 2.2 s with 2).
         On a GPU the workers stay: they augment while the device computes. (The config cannot
         tell a num_workers left at its default from one set to it, so on the CPU both drop.)"""
-        cached = self.image_cache is not None and all(
-            p in self.image_cache for p in self.used_paths()
-        )
-        if cached and trains_on_cpu(self.cfg.device, torch.cuda.device_count()):
+        if self.all_cached and trains_on_cpu(self.cfg.device, torch.cuda.device_count()):
             return 0
         return self.cfg.num_workers
 

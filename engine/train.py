@@ -95,7 +95,7 @@ class Trainer:
             self.task = create_task(cfg, splits, model_input(cfg, model))
             trainable, total = count_parameters(model)
             model = self.task.prepare_model(model)
-            optimizer = create_optimizer(cfg, model)
+            optimizer = create_optimizer(cfg, model, log=self.print)
         with self.timings.phase("image_cache"):  # before the loaders' workers start
             cached = self.task.cache_images(processes_here(procs))  # share this machine's
         with self.timings.phase("model"):

@@ -187,9 +187,8 @@ class Worker:
                 continue  # gone, or a worker of an older version: its devices are unknown
             if run["on_host"] and other["host"] != run["on_host"]:
                 continue
-            gpus = 0 if other["devices"] == "cpu" else len(other["devices"].split(","))
             try:
-                gpus_needed(run["config"], gpus)
+                gpus_needed(run["config"], len(parse_devices(other["devices"])))
             except Exception:
                 continue
             return True

@@ -51,6 +51,15 @@ def test_imagefolder_with_train_and_test_folders_keeps_that_split(tmp_path):
     assert all("/test/" in s.path for s in splits.test)
 
 
+def test_a_layouts_own_folder_beside_the_classes_is_no_class(tmp_path):
+    # Detection tells the layout by the class folders alone; reading must agree.
+    root = write_digits_imagefolder(tmp_path / "ds", per_class=4, classes=range(3))
+    (root / "masks").mkdir()
+    Image.new("L", (32, 32)).save(root / "masks" / "0_000.png")
+    splits = load_splits(root, "classification", test_ratio=0.25, seed=0)
+    assert splits.classes == ["0", "1", "2"]
+
+
 def test_val_folder_counts_as_the_test_split(tmp_path):
     root = write_digits_imagefolder(tmp_path / "ds", per_class=3, classes=range(2), split=True)
     (root / "test").rename(root / "val")

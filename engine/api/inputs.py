@@ -26,7 +26,7 @@ from typing import Any
 
 from PIL import Image
 
-MB = 1024 * 1024
+from engine.data.upload import MB, size_text
 
 
 class ApiError(Exception):
@@ -66,10 +66,6 @@ class Limits:
                 f"max_images {self.max_images} is above max_queue {self.max_queue}: one "
                 "request could never be queued"
             )
-
-
-def size_text(n: int) -> str:
-    return f"{n / MB:.1f} MB" if n >= MB else f"{n} bytes"
 
 
 async def read_body(request, limits: Limits) -> bytes:

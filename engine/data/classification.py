@@ -20,7 +20,7 @@ from pathlib import Path
 
 from engine.data.errors import DatasetError, Problems
 from engine.data.images import list_images, natural_key
-from engine.data.signatures import split_folders
+from engine.data.signatures import class_folders, split_folders
 from engine.data.tables import (
     find_csv_files,
     find_label_column,
@@ -45,13 +45,6 @@ class LabelledFiles:
     files: list[Path] = field(default_factory=list)  # annotation files read (CSVs)
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(
-        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))),
-        key=lambda p: natural_key(p.name),
-    )
-
-
 def read_imagefolder(root: Path, problems: Problems, columns: dict | None = None) -> LabelledFiles:
     if not root.is_dir():
         raise DatasetError(f"{root}: an image folder dataset must be a folder")
@@ -64,7 +57,7 @@ def read_imagefolder(root: Path, problems: Problems, columns: dict | None = None
             "per class, or put the class folders directly in the dataset folder"
         )
     top = list(dirs.values()) if train_dir else [root]
-    names = {c.name for d in top for c in _subdirs(d)}
+    names = {c.name for d in top for c in class_folders(d)}
     classes = sorted(names, key=natural_key)
     if not classes:
         raise DatasetError(

@@ -27,6 +27,7 @@ from engine.data.errors import DatasetError
 from engine.data.images import is_image_file
 from engine.data.signatures import (
     child,
+    class_folders,
     coco_jsons,
     files_in,
     has_images,
@@ -40,7 +41,6 @@ from engine.data.tables import (
     has_box_columns,
     is_dataset_csv,
     read_rows,
-    split_of_folder,
 )
 from engine.data.voc import read_voc
 from engine.data.yolo import YOLO_CLASS_FILES, read_yolo
@@ -60,11 +60,6 @@ for _task in choices.TASKS:
     )
 choices.check_implemented("tasks with dataset readers", choices.TASKS, FORMATS)
 
-# Folders that belong to a layout, so never a class of an image folder.
-LAYOUT_FOLDERS = frozenset(
-    {"images", "labels", "annotations", "jpegimages", "imagesets", "segmentationclass",
-     "segmentationobject", "masks"}
-)  # fmt: skip
 # Near misses: annotation files whose name says what they are meant to be, read by their reader
 # so its error says what is wrong with them (rather than "cannot tell the format").
 _COCO_NAMES = re.compile(r"(annotation|instances|coco|result|_annotations|labels)", re.I)
@@ -114,11 +109,7 @@ def _csv_evidence(root: Path) -> str | None:
 
 def _imagefolder_evidence(root: Path) -> str | None:
     top = split_folders(root).get("train", root)
-    classes = [
-        d
-        for d in subfolders(top)
-        if d.name.lower() not in LAYOUT_FOLDERS and not split_of_folder(d.name) and has_images(d)
-    ]
+    classes = [d for d in class_folders(top) if has_images(d)]
     # One folder of images at the root is a download's wrapper, or a layout's images folder.
     if len(classes) < (1 if top != root else 2):
         return None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.data.images import is_image_file
+from engine.data.images import is_image_file, natural_key
 from engine.data.strays import is_skipped_dir
 from engine.data.tables import split_of_folder
 from engine.data_roots import PathRefused, open_inside, read_text_inside
@@ -34,6 +34,24 @@ def child(folder: Path, *names: str) -> Path | None:
 
 def subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not is_skipped_dir(p.name))
+
+
+# Folders that belong to a layout, so never a class of an image folder.
+LAYOUT_FOLDERS = frozenset(
+    {"images", "labels", "annotations", "jpegimages", "imagesets", "segmentationclass",
+     "segmentationobject", "masks"}
+)  # fmt: skip
+
+
+def class_folders(top: Path) -> list[Path]:
+    """The class folders of an image folder's `top` (the root, or a split folder), in natural
+    order: sub-folders that are neither skipped, a layout's own folder, nor a split."""
+    found = [
+        p
+        for p in subfolders(top)
+        if p.name.lower() not in LAYOUT_FOLDERS and not split_of_folder(p.name)
+    ]
+    return sorted(found, key=lambda p: natural_key(p.name))
 
 
 def split_folders(root: Path) -> dict[str, Path]:

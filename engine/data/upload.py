@@ -93,7 +93,7 @@ class UploadLimits:
 
 
 def size_text(n: int) -> str:
-    return f"{n / MB:g} MB" if n >= MB else f"{n} bytes"
+    return f"{round(n / MB, 1):g} MB" if n >= MB else f"{n} bytes"
 
 
 def env_name(field_name: str) -> str:
