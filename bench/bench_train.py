@@ -1,7 +1,7 @@
 """Training throughput: the engine against a bare PyTorch loop, measured in the same run.
 
 efficientnet_b0 at 64 px on a generated image folder, same model, data, batch and loader
-settings. The engine runs for real (`visionboard train` → worker → `accelerate launch`); its
+settings. The engine runs for real (`visionboard train` → worker → trainer); its
 images/s is the train-epoch throughput it records in the summary (last epoch, so start-up and
 first-epoch warm-up are excluded, as for the bare loop). Target: engine / bare >= 0.95.
 On a GPU (`--device cuda`) each side also reports its peak device memory, and `--precision`

@@ -8,7 +8,7 @@ defaults for everything else (augmentation, evaluation each epoch, checkpoints).
 alternate (VisionBoard, timm, VisionBoard, timm, ...) so a busy machine slows both alike.
 
 - VisionBoard runs as a user runs it: `visionboard train --set ...` (queue, worker,
-  `accelerate launch`), timed from the command's start to its exit.
+  trainer), timed from the command's start to its exit.
 - timm runs as its README says: `python train.py --data-dir ...`, timed from start to exit.
 
 It prints each round's seconds and the ratio timm / VisionBoard, then the medians (target
@@ -203,7 +203,7 @@ def breakdown(vb: dict) -> list[str]:
 
     lines = [
         f"  submit (check, queue, worker start)   {vb['submit']:6.2f} s",
-        f"  launch (accelerate, imports)          {t.get('launch', 0.0):6.2f} s",
+        f"  launch (interpreter, imports)         {t.get('launch', 0.0):6.2f} s",
         f"  data check                            {t.get('data_check', 0.0):6.2f} s",
         f"  image cache fill                      {t.get('image_cache', 0.0):6.2f} s",
         f"  model and loaders                     {t.get('model', 0.0):6.2f} s",
@@ -227,6 +227,7 @@ LEVERS = {
         {"VISIONBOARD_DRAFT_DECODE": "0"},
     ),
     "no data-check cache": ({}, {"VISIONBOARD_PROBE_CACHE": "0"}),
+    "a host sync every step": ({}, {"VISIONBOARD_STEP_SYNC": "1"}),
 }
 
 

@@ -45,20 +45,21 @@ pages = [
     st.Page(PAGES / "tokens.py", title="API tokens", icon=":material/key:", url_path="tokens"),
 ]
 
-# The pages are not listed before sign-in; the address asked for is kept, and opens after it.
-user = auth.current_user(state.get_db())
-signed_in = user is not None
-# Admins see the Admin page; for anyone else its address answers "admins only" (the page checks).
-pages.append(
-    st.Page(
-        PAGES / "admin.py",
-        title="Admin",
-        icon=":material/admin_panel_settings:",
-        url_path="admin",
-        visibility="visible" if store.may(user, "manage_users") else "hidden",
+# Who is signed in is worked out once a run, here: the frame and the pages ask current_user.
+with auth.run_user(state.get_db()) as user:
+    # Admins see the Admin page; for anyone else its address answers "admins only" (the page
+    # checks).
+    pages.append(
+        st.Page(
+            PAGES / "admin.py",
+            title="Admin",
+            icon=":material/admin_panel_settings:",
+            url_path="admin",
+            visibility="visible" if store.may(user, "manage_users") else "hidden",
+        )
     )
-)
-page = st.navigation(pages, position="sidebar" if signed_in else "hidden")
-state.draw_frame()
-state.mark_routed()
-page.run()
+    # The pages are not listed before sign-in; the address asked for is kept, and opens after.
+    page = st.navigation(pages, position="hidden" if user is None else "sidebar")
+    state.draw_frame()
+    state.mark_routed()
+    page.run()

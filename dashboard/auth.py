@@ -24,11 +24,13 @@ import getpass
 import ipaddress
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import streamlit as st
 
-from engine import choices, store
+from engine import choices, sign_in, store
 
 SESSION_COOKIE = "vb_session"
 # This browser session's token (from the sign-in form, or read once from the cookie). Tests
@@ -36,6 +38,7 @@ SESSION_COOKIE = "vb_session"
 TOKEN_KEY = "vb_session_token"
 ALLOW_ANYONE_ENV = "VISIONBOARD_ALLOW_ANYONE"
 OIDC_ERROR_KEY = "vb_oidc_error"
+RUN_USER_KEY = "vb_run_user"  # who this run's browser is, while the router runs (run_user)
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -50,14 +53,19 @@ def secrets_section(name: str) -> dict[str, Any]:
     return dict(section) if section else {}
 
 
+def auth_secrets() -> dict[str, Any]:
+    """What engine.sign_in reads of st.secrets: its [auth] section, when there is one (even an
+    empty one, which the rule must see to say what it misses)."""
+    try:
+        auth = st.secrets.get("auth")
+    except Exception:  # no secrets file at all
+        return {}
+    return {} if auth is None else {"auth": auth}
+
+
 def oidc_providers() -> list[str | None]:
-    """The providers [auth] configures: its named sub-sections ([auth.google]), or None for a
-    single unnamed one; empty when sign-in through an identity provider is not configured."""
-    auth = secrets_section("auth")
-    if not auth:
-        return []
-    named = [key for key, value in auth.items() if hasattr(value, "keys")]
-    return named or [None]
+    """The providers st.login can use (engine.sign_in): a name, or None for [auth]'s own."""
+    return sign_in.oidc_providers(auth_secrets())
 
 
 def oidc_role() -> str:
@@ -82,11 +90,6 @@ def oidc_policy() -> dict[str, Any]:
     if not isinstance(auto, bool):  # "false" in quotes must not approve everyone
         raise ValueError(f"[visionboard] auto_approve = {auto!r}: expected true or false")
     return {"allowed_domains": domains, "allowed_emails": emails, "auto_approve": auto}
-
-
-def sign_in_configured(db) -> bool:
-    """Whether people must sign in: any enabled account, or an identity provider."""
-    return store.count_users(db) > 0 or bool(oidc_providers())
 
 
 # -- who is signed in ---------------------------------------------------------------------------
@@ -125,7 +128,7 @@ def oidc_user(db) -> dict[str, Any] | None:
         st.session_state[OIDC_ERROR_KEY] = str(exc)
         return None
     if user["disabled"]:
-        # (current_user runs more than once a page, so this cannot tell "just added" apart.)
+        # (Every run asks again, so this cannot tell "just added" apart.)
         st.session_state[OIDC_ERROR_KEY] = (
             f"the account {username!r} is disabled until an admin enables it (Admin page, or "
             f"`visionboard users enable {username}`)"
@@ -144,7 +147,30 @@ def session_cookie() -> str | None:
 
 def current_user(db) -> dict[str, Any] | None:
     """Who uses this browser session ({"username", "role", ...}), or None: nobody signed in
-    on a server that has accounts."""
+    on a server that has accounts. Worked out once a run inside the router's run_user block,
+    where the frame and every page ask; afresh for each call outside it (the callbacks of
+    widgets, which run before the router; a fragment's rerun; a page run on its own)."""
+    if RUN_USER_KEY in st.session_state:
+        return st.session_state[RUN_USER_KEY]
+    return find_user(db)
+
+
+@contextmanager
+def run_user(db) -> Iterator[dict[str, Any] | None]:
+    """Who uses this browser session (current_user), worked out once for the rest of this run
+    of the router, and forgotten when it ends, however it ends (st.stop, st.rerun, an error):
+    the next run asks the store again, so signing out, a new role or a disabled account takes
+    effect at the next run, in its callbacks too."""
+    user = find_user(db)
+    st.session_state[RUN_USER_KEY] = user
+    try:
+        yield user
+    finally:
+        st.session_state.pop(RUN_USER_KEY, None)
+
+
+def find_user(db) -> dict[str, Any] | None:
+    """current_user, asked of the identity provider, the session token and the store."""
     st.session_state.pop(OIDC_ERROR_KEY, None)
     user = oidc_user(db)
     if user:
@@ -156,12 +182,11 @@ def current_user(db) -> dict[str, Any] | None:
     if user:
         return user
     st.session_state[TOKEN_KEY] = None
-    if not sign_in_configured(db):
+    if not sign_in.sign_in_configured(db, auth_secrets()):
         return local_user()
     return None
 
 
-LOOPBACK_NAMES = ("localhost",)
 # Headers a reverse proxy adds: behind one, every visitor connects from this machine.
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
 
@@ -178,21 +203,6 @@ def client_context() -> Any:
         return None
     client = runtime.get_instance().get_client(ctx.session_id)
     return getattr(client, "client_context", None)
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether a Host header (name or address, maybe with a port) names this machine."""
-    host = host.strip().lower()
-    if host.startswith("["):  # [::1]:8501
-        host = host[1 : host.find("]")] if "]" in host else host
-    elif host.count(":") == 1:  # localhost:8501
-        host = host.partition(":")[0]
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def not_local_reason(client: Any) -> str | None:
@@ -212,7 +222,7 @@ def not_local_reason(client: Any) -> str | None:
     if proxied:
         return f"it came through a proxy ({', '.join(proxied)} headers)"
     host = headers.get("host", "")
-    if not is_loopback_host(host):
+    if not sign_in.is_loopback_host(host):
         return f"it was sent to {host or 'no host'!r}, not localhost"
     return None
 
@@ -248,6 +258,9 @@ def sign_in_page(db) -> None:
         st.error(f"Signed in with the identity provider, but {error}.")
         st.button("Sign out of the identity provider", on_click=st.logout, key="vb_oidc_logout")
         return
+    problem = sign_in.oidc_problem(auth_secrets())
+    if problem:
+        st.warning(f"The identity provider: {problem}.")
     for provider in oidc_providers():
         label = f"Sign in with {provider}" if provider else "Sign in with your team's account"
         st.button(
@@ -307,6 +320,9 @@ def require_user(db) -> dict[str, Any]:
             f"Single local user **{user['username']}** (admin): no sign-in is configured, so "
             "only this machine can use the dashboard. `visionboard users add` adds accounts."
         )
+        problem = sign_in.oidc_problem(auth_secrets())
+        if problem:
+            st.sidebar.warning(f"The identity provider: {problem}.")
         return user
     st.sidebar.caption(f"Signed in as **{user['username']}** ({user['role']})")
     if user["source"] == "oidc":

@@ -393,12 +393,6 @@ def parameter_kinds(configs: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return varying or {k: kind for k, kind in kinds.items() if kind != "category"}
 
 
-def numeric_parameters(configs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Config keys that are numbers in every config and differ between them (all numeric
-    keys when none differ)."""
-    return [k for k, kind in parameter_kinds(configs).items() if kind != "category"]
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
 

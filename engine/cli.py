@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import ipaddress
 import json
 import os
 import signal
@@ -12,10 +11,9 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 
-from engine import choices, database, store
+from engine import choices, database, sign_in, store
 from engine.config import ConfigError, load_config
 from engine.run_folder import RunFolder
 
@@ -90,7 +88,10 @@ def cmd_serve(args) -> int:
             "`Authorization: Bearer <token>`: `visionboard tokens add`)",
             flush=True,
         )
-    if not sign_in_configured(db):
+    problem = sign_in.oidc_problem()
+    if problem:
+        print(f"VisionBoard: {problem}", flush=True)
+    if not sign_in.sign_in_configured(db):
         print(
             "VisionBoard: no accounts, so no sign-in: whoever opens it is an admin "
             "(`visionboard users add NAME --role admin` adds accounts)",
@@ -131,42 +132,16 @@ def cmd_serve(args) -> int:
 def open_host_refused(host: str, db, allow_anyone: bool) -> str | None:
     """Why listening on `host` is refused, or None. With no account, whoever uses VisionBoard
     is its admin: only this machine may (the dashboard, and the API's local admin tokens)."""
-    if is_loopback(host) or sign_in_configured(db) or allow_anyone:
+    if sign_in.is_loopback_host(host) or allow_anyone or sign_in.sign_in_configured(db):
         return None
+    problem = sign_in.oidc_problem()
     return (
         f"--host {host} would let anyone who reaches this machine use VisionBoard as "
         "an admin: no account is configured. Add accounts first (`visionboard users add "
         "NAME --role admin`) or configure sign-in through your identity provider (an "
         "[auth] section in .streamlit/secrets.toml); or pass --allow-anyone if the network "
-        "is trusted"
+        "is trusted" + (f" ({problem})" if problem else "")
     )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` answers only this machine (localhost, 127.x.x.x, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name of this machine on the network, or 0.0.0.0-like
-
-
-def oidc_configured() -> bool:
-    """Whether Streamlit's secrets (as `serve` starts it: in the repository) have an [auth]
-    section, so people sign in through the team's identity provider (st.login)."""
-    for path in (Path.home() / ".streamlit" / "secrets.toml", ROOT / ".streamlit" / "secrets.toml"):
-        try:
-            if "auth" in tomllib.loads(path.read_text()):
-                return True
-        except (OSError, tomllib.TOMLDecodeError):
-            continue
-    return False
-
-
-def sign_in_configured(db) -> bool:
-    """Whether people must sign in: any enabled account, or an identity provider."""
-    return store.count_users(db) > 0 or oidc_configured()
 
 
 def cmd_worker(args) -> int:
@@ -677,7 +652,7 @@ def cmd_serve_model(args) -> int:
     where = f"http://{args.host}:{args.port}"
     print(f"VisionBoard run {args.run} ({server.predictor.task}, {server.predictor.device}): "
           f"POST {where}/predict, docs at {where}/docs  (Ctrl-C stops)", flush=True)  # fmt: skip
-    if not is_loopback(args.host):
+    if not sign_in.is_loopback_host(args.host):
         print("VisionBoard: the prediction server asks for no token: whoever reaches "
               f"{args.host}:{args.port} can use this model", flush=True)  # fmt: skip
     run_app(create_model_app(server), args.host, args.port)
@@ -699,9 +674,10 @@ def cmd_api(args) -> int:
         resolve_device(args.device)  # its models load at the first prediction: check it now
     except (ValueError, PredictError) as exc:
         return _fail(str(exc))
-    app = create_api_app(
-        home, local_mode=lambda db: not sign_in_configured(db), limits=limits, device=args.device
-    )
+    from engine.sample_datasets import ensure_samples
+
+    ensure_samples(db, home)  # listed at once, as `serve` and the dashboard list them
+    app = create_api_app(home, limits=limits, device=args.device)  # sign_in's rule decides
     if not args.no_banner:  # `serve`, which starts it, says where it is itself
         print(f"VisionBoard API: http://{args.host}:{args.port}/docs  (data in {home}; every "
               "call needs `Authorization: Bearer <token>`: `visionboard tokens add`)", flush=True)  # fmt: skip
@@ -713,7 +689,7 @@ def cmd_tokens(args) -> int:
     """API tokens: with accounts, each is an account's (--user); without, the local admin's."""
     db = store.connect(args.home)
     me = cli_user()
-    local = not sign_in_configured(db)
+    local = not sign_in.sign_in_configured(db)
     try:
         if args.action == "add":
             user = args.user or me["username"]

@@ -25,6 +25,7 @@ from typing import IO, Any
 from engine.home import home_dir
 
 ENV = "VISIONBOARD_DATA_ROOTS"
+HOME_ENV = "VISIONBOARD_HOME"  # engine.home.home_dir's default data directory
 
 
 class PathRefused(ValueError):
@@ -44,7 +45,22 @@ def datasets_dir(home: str | Path | None = None) -> Path:
 
 def data_roots(home: str | Path | None = None) -> tuple[Path, ...]:
     """The real paths of the roots: `<home>/datasets`, then each folder of $VISIONBOARD_DATA_ROOTS."""
-    return _real_roots(str(datasets_dir(home)), os.environ.get(ENV, ""))
+    # Every file a reader opens is checked against the roots (100 000 label files: 100 000
+    # checks), so they are found once per data directory and list, not once per file. The key
+    # holds all they depend on: another home, $VISIONBOARD_HOME, list or working directory (for
+    # a relative home) finds them again, and so creates <home>/datasets as before.
+    where = str(home or os.environ.get(HOME_ENV) or "")
+    cwd = "" if os.path.isabs(where) else os.getcwd()  # a relative home: relative to it
+    key = (where, cwd, os.environ.get(ENV, ""))
+    roots = _found_roots.get(key)
+    if roots is None:
+        if len(_found_roots) >= 16:
+            _found_roots.clear()
+        roots = _found_roots[key] = _real_roots(str(datasets_dir(home)), os.environ.get(ENV, ""))
+    return roots
+
+
+_found_roots: dict[tuple[str, str, str], tuple[Path, ...]] = {}
 
 
 @functools.lru_cache(maxsize=16)
@@ -74,9 +90,12 @@ def real_path(path: str | Path) -> str | None:
 def is_inside(path: str | Path, roots: Sequence[Path] | None = None) -> bool:
     """Whether `path` (symlinks resolved) lies in one of `roots` (default: data_roots())."""
     real = real_path(path)
-    if real is None:
-        return False
-    for root in data_roots() if roots is None else roots:
+    return real is not None and _real_inside(real, data_roots() if roots is None else roots)
+
+
+def _real_inside(real: str, roots: Sequence[Path]) -> bool:
+    """is_inside for a path already resolved (resolving it again walks it again)."""
+    for root in roots:
         base = str(root).rstrip(os.sep)
         if real == str(root) or real.startswith(base + os.sep):
             return True
@@ -109,7 +128,7 @@ def confine(
     roots = data_roots(home) if roots is None else roots
     value = str(path).strip()
     real = real_path(value) if value else None
-    if real is None or not is_inside(real, roots) or not os.path.exists(real):
+    if real is None or not _real_inside(real, roots) or not os.path.exists(real):
         raise PathRefused(refusal(value, roots, what))
     return Path(real)
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import (
+
+from engine import choices
+from engine.detection_metrics import box_iou, detection_metrics, detection_report, thin_indices
+from engine.ranking_metrics import (
     average_precision_score,
     confusion_matrix,
     precision_recall_curve,
@@ -23,9 +26,6 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
-
-from engine import choices
-from engine.detection_metrics import box_iou, detection_metrics, detection_report, thin_indices
 
 __all__ = [
     "box_iou",
@@ -77,9 +77,7 @@ def classification_metrics(probs, targets) -> dict[str, float]:
     if len(targets) == 0:
         return {name: math.nan for name in choices.metrics_for("classification")}
     predicted = probs.argmax(axis=1)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        targets, predicted, average="macro", zero_division=0
-    )
+    precision, recall, f1, _ = precision_recall_fscore_support(targets, predicted, average="macro")
     picked = np.clip(probs[np.arange(len(targets)), targets], PROB_EPS, 1.0)
     present = np.unique(targets)
     return {
@@ -128,7 +126,7 @@ def classification_report(probs, targets, classes: list[str]) -> dict:
     totals = confusion.sum(axis=1, keepdims=True)
     normalized = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
     precision, recall, f1, support = precision_recall_fscore_support(
-        targets, predicted, labels=labels, average=None, zero_division=0
+        targets, predicted, labels=labels
     )
     per_class = [
         {

@@ -17,6 +17,11 @@ ACCELERATE_USE_CPU starts N independent single-process trainings.) Every launch 
 accelerate config (~/.cache/huggingface/accelerate/default_config.yaml, read whenever neither
 `--config_file` nor `--cpu` is given) never half-applies to a run.
 
+A run of one process on one machine without a config file of its own (the first and third rows)
+starts `python -m engine.train` directly, with the environment accelerate's simple launcher
+would give it (`simple_launcher_env`; tests/test_launch.py compares the two): that launcher is
+a second interpreter that imports torch and tears it down around the trainer, some 2 s a run.
+
 A run across machines: the worker on one host launches machine_rank (usually 0); every other
 host joins with `python -m engine.launch --run-id N --machine-rank R` (see README, "Several
 machines"), which builds the same command for its rank. This module imports nothing heavy: the
@@ -42,7 +47,9 @@ CONFIGS_ENV = "VISIONBOARD_ACCELERATE_CONFIGS"
 CONFIGS_DIR = "accelerate"  # under the data directory, unless $VISIONBOARD_ACCELERATE_CONFIGS
 CONFIG_SUFFIXES = (".yaml", ".yml")
 MULTI_NODE_PORT = 29500  # every machine must know the port: a fixed one when none is set
-LAUNCHED_ENV = "VISIONBOARD_LAUNCHED"  # "1": a trainer started by launch_command's launcher
+LAUNCHED_ENV = "VISIONBOARD_LAUNCHED"  # how launch_command started the trainer:
+VIA_ACCELERATE = "1"  # under `accelerate launch` (its launcher, or torchrun, is the parent)
+DIRECT = "direct"  # `python -m engine.train` itself, the worker its parent
 # Whole numbers in an accelerate config file, checked when it is read.
 CONFIG_INTEGERS = ("num_processes", "num_machines", "machine_rank", "main_process_port")
 
@@ -239,16 +246,25 @@ def check_launch(cfg: dict[str, Any], gpus_here: int, home: str | Path) -> Launc
 
 
 def launch_command(
-    run: dict, home: Path, gpus: list[int], port: int, machine_rank: int | None = None
+    run: dict,
+    home: Path,
+    gpus: list[int],
+    port: int,
+    machine_rank: int | None = None,
+    direct: bool = True,
 ) -> tuple[list[str], dict]:
-    """The `accelerate launch` command line and environment for a run on this machine, given
-    the GPUs it was handed (empty: the CPU) and a free port (used on one machine when the run
-    names none). `machine_rank` overrides the run's for a machine that joins it."""
+    """The command line and environment for a run on this machine, given the GPUs it was
+    handed (empty: the CPU) and a free port (used on one machine when the run names none):
+    `accelerate launch`, or the trainer itself for a run that starts directly (unless `direct`
+    is False). `machine_rank` overrides the run's for a machine that joins it."""
     cfg = run["config"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", VISIONBOARD_HOME=str(home))
-    env[LAUNCHED_ENV] = "1"
+    env[LAUNCHED_ENV] = VIA_ACCELERATE
     env[LAUNCHED_AT_ENV] = f"{time.time():.3f}"  # the trainer's timings count from here
     env.pop("ACCELERATE_USE_CPU", None)  # ours to set, never inherited
+    trainer = ["-m", "engine.train", "--run-id", str(run["id"]), "--home", str(home)]
+    if run.get("resume_requested"):
+        trainer.append("--resume")
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     rank = cfg.get("machine_rank", 0) if machine_rank is None else machine_rank
     if gpus:
@@ -261,6 +277,10 @@ def launch_command(
         env["CUDA_VISIBLE_DEVICES"] = ""
         env["ACCELERATE_USE_CPU"] = "true"
         device_flags = []
+    if direct and starts_directly(cfg):
+        env.update(simple_launcher_env(cfg, bool(gpus), env))
+        env[LAUNCHED_ENV] = DIRECT
+        return [sys.executable, *trainer], env
     if cfg.get("accelerate_config"):
         # The file decides processes, machines and addresses; the run keeps its precision and
         # the worker its GPUs.
@@ -289,13 +309,41 @@ def launch_command(
             cmd.append("--cpu")
         if not gpus:
             # accelerate sets OMP_NUM_THREADS=1 unless told; the cores are shared out instead.
-            threads = max(1, (os.cpu_count() or 1) // procs)
-            cmd += ["--num_cpu_threads_per_process", str(threads)]
+            cmd += ["--num_cpu_threads_per_process", str(cpu_threads(procs))]
     cmd += ["--mixed_precision", cfg.get("mixed_precision", "no")]
-    cmd += ["-m", "engine.train", "--run-id", str(run["id"]), "--home", str(home)]
-    if run.get("resume_requested"):
-        cmd.append("--resume")
-    return cmd, env
+    return cmd + trainer, env
+
+
+def starts_directly(cfg: dict[str, Any]) -> bool:
+    """One process on one machine, no accelerate config file: nothing for a launcher to do."""
+    if cfg.get("accelerate_config"):
+        return False
+    return int(cfg.get("num_processes", 1)) == 1 and int(cfg.get("num_machines", 1)) == 1
+
+
+def cpu_threads(processes: int) -> int:
+    return max(1, (os.cpu_count() or 1) // processes)
+
+
+def simple_launcher_env(cfg: dict[str, Any], on_gpu: bool, environ: dict[str, str]) -> dict:
+    """The variables `accelerate launch` sets for a one-process run given the flags
+    launch_command passes it (accelerate.utils.launch.prepare_simple_launcher_cmd_env after
+    its argument checks): the device, precision and compile settings the trainer's Accelerator
+    reads, and the CPU threads (on a GPU, accelerate's one thread unless OMP_NUM_THREADS says)."""
+    env = {
+        "ACCELERATE_USE_CPU": str(not on_gpu),
+        "ACCELERATE_MIXED_PRECISION": cfg.get("mixed_precision", "no"),
+        "ACCELERATE_DYNAMO_BACKEND": "NO",
+        "ACCELERATE_DYNAMO_MODE": "default",
+        "ACCELERATE_DYNAMO_USE_FULLGRAPH": "False",
+        "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION": "False",
+    }
+    if on_gpu:
+        env["OMP_NUM_THREADS"] = environ.get("OMP_NUM_THREADS") or "1"
+    else:
+        env |= {"KMP_AFFINITY": "granularity=fine,compact,1,0", "KMP_BLOCKTIME": "1"}
+        env["OMP_NUM_THREADS"] = str(cpu_threads(1))
+    return env
 
 
 def free_port() -> int:

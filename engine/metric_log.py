@@ -13,6 +13,7 @@ timing measured since the epoch began and the time the last evaluation took.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,9 @@ from accelerate.utils import broadcast
 from engine import store
 
 FLUSH_SECONDS = 2.0  # how often step metrics, heartbeat and the cancel flag travel
+# "1": each step's values are read at once, a host sync per step (a developer switch:
+# bench/bench_vs_timm.py --levers measures what keeping them on the device is worth).
+STEP_SYNC_ENV = "VISIONBOARD_STEP_SYNC"
 
 
 class Cancelled(Exception):
@@ -58,6 +62,7 @@ class MetricLog:
         self.epoch_start: tuple[float, int] | None = None  # (clock, global step) of this epoch
         self.last_step_time: float | None = None
         self.evaluated_epoch = 0  # the last epoch whose values record_epoch wrote
+        self.sync_each_step = os.environ.get(STEP_SYNC_ENV) == "1"
         self.seconds_between_epochs = 0.0  # evaluation and checkpoint: measured from epoch 2
 
     # -- timing ---------------------------------------------------------------------------
@@ -98,6 +103,8 @@ class MetricLog:
     def record_step(self, step: int, epoch: int, values: dict[str, Any]) -> None:
         """One optimizer step's values (floats or 0-d tensors); every process calls it each
         step, as it counts towards the next check."""
+        if self.sync_each_step:
+            values = {name: float(value) for name, value in values.items()}
         if self.main:
             self.pending.append((step, epoch, values))
             self.last_step_time = self.clock()

@@ -140,12 +140,14 @@ class RunRefused(ValueError):
 
 def submit_run(cfg: RunConfig, db, *, tags=(), by: dict, on_host: str | None = None) -> int:
     """Queue a validated config as `visionboard train` and the API do: the sample datasets
-    present (so `dataset = "digits"` works on a fresh install), paths made absolute, the
-    check above (RunRefused), then store.create_run as `by` (`on_host`: pinned to that
-    host's workers). Returns the run id."""
-    from engine.sample_datasets import ensure_samples
+    present when the run names one (so `dataset = "digits"` works on a fresh install; a run
+    on the user's own data does not wait for them), paths made absolute, the check above
+    (RunRefused), then store.create_run as `by` (`on_host`: pinned to that host's workers).
+    Returns the run id."""
+    from engine import sample_datasets
 
-    ensure_samples(db, db.home)
+    if cfg.dataset.strip() in sample_datasets.NAMES:
+        sample_datasets.ensure_samples(db, db.home)
     cfg = resolve_paths(cfg, db)  # a relative path means this directory, not the worker's
     problems = check_run(cfg, db)
     if problems:

@@ -179,6 +179,7 @@ SAMPLES = (
     (CLASSIFICATION_NAME, "imagefolder", "classification", _build_classification),
     (DETECTION_NAME, "coco", "detection", _build_detection),
 )
+NAMES = tuple(name for name, *_ in SAMPLES)
 _DONE = ".complete"  # written last: a folder without it is an interrupted build
 
 

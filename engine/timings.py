@@ -1,6 +1,6 @@
 """Where a run's time goes, kept in its summary as `timings` (the run page shows it).
 
-    {"launched_at": wall clock when the worker started `accelerate launch`,
+    {"launched_at": wall clock when the worker launched the trainer (engine.launch),
      "launch": seconds from there to the trainer's set-up (interpreters, imports),
      "data_check": reading and checking the dataset, "model": building and preparing the model,
      "launch_to_first_step": from the launch to the end of the first optimizer step,

@@ -1,4 +1,5 @@
-"""The trainer: `accelerate launch -m engine.train --run-id N [--home DIR] [--resume]`.
+"""The trainer: `python -m engine.train --run-id N [--home DIR] [--resume]`, under `accelerate
+launch` for several processes (engine.launch builds the command).
 
 Reads the run's config from the database, trains, evaluates each epoch on the val split (the
 test split where the dataset has no val) and writes metrics, heartbeat and summary back; with
@@ -35,7 +36,7 @@ from engine.config import RunConfig
 from engine.data import load_splits, probe_cache
 from engine.data.image_cache import processes_here
 from engine.early_stopping import EarlyStopping
-from engine.launch import LAUNCHED_ENV, trains_on_cpu
+from engine.launch import DIRECT, LAUNCHED_ENV, VIA_ACCELERATE, trains_on_cpu
 from engine.metric_log import Cancelled, MetricLog
 from engine.models import count_parameters, create_model, model_input
 from engine.optim import create_optimizer, create_schedule
@@ -283,14 +284,16 @@ class Trainer:
 
 
 def record_trainer_process(run_id: int, home: str | None) -> None:
-    """Say where this trainer process is, and die with its parent. torchrun starts each rank
-    in a session of its own, out of reach of a kill of the launcher's process group: the
+    """Say where this trainer process is, and die with its launcher. torchrun starts each
+    rank in a session of its own, out of reach of a kill of the launcher's process group: the
     worker finds the ranks by these records (store.trainer_processes), and on Linux the kernel
-    kills a rank whose launcher dies (PR_SET_PDEATHSIG). A trainer run in-process (tests) has
-    no launcher: neither applies."""
-    if os.environ.get(LAUNCHED_ENV) != "1":
+    kills a rank whose launcher dies (PR_SET_PDEATHSIG). A trainer the worker started itself
+    (engine.launch.DIRECT) leads its own process group and outlives a worker that dies, as a
+    launcher does; a trainer run in-process (tests) has no launcher: neither applies."""
+    launched = os.environ.get(LAUNCHED_ENV)
+    if launched not in (VIA_ACCELERATE, DIRECT):
         return
-    if sys.platform.startswith("linux"):
+    if launched == VIA_ACCELERATE and sys.platform.startswith("linux"):
         import ctypes
         import signal
 

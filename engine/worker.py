@@ -1,4 +1,4 @@
-"""The queue: claim queued runs, launch each with `accelerate launch`, watch, record the end.
+"""The queue: claim queued runs, launch each (engine.launch), watch, record the end.
 
 On GPU machines a run gets as many free GPUs as it has processes and several runs go at once
 when they fit; on CPU one run trains at a time. A run ends in a true status whatever dies:

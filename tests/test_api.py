@@ -28,7 +28,7 @@ from factories import ADMIN, write_digits_imagefolder
 from PIL import Image
 from test_predict import make_run, write_images, write_photo
 
-from engine import cli, passwords, store
+from engine import cli, passwords, sign_in, store
 from engine.api.automation import create_api_app
 from engine.api.batcher import Batcher, QueueFull
 from engine.api.inputs import ApiError, Limits, decode_image
@@ -469,6 +469,48 @@ def test_a_model_unloaded_while_its_request_is_read_is_loaded_again(api):
         stop()
 
 
+def test_a_slow_model_load_stalls_only_its_own_runs_predictions(api, monkeypatch):
+    # The cache loaded under one lock: a cold model held up every run's predictions.
+    app = create_api_app(api["home"], limits=LIMITS, cache_size=2)
+    url, stop = serve(app)
+    real_load, gate, loads = ModelServer.load, threading.Event(), []
+
+    def slow_load(run_id, *args, **kwargs):
+        loads.append(run_id)
+        if run_id == api["det"]:
+            assert gate.wait(30), "the test never opened the gate"
+        return real_load(run_id, *args, **kwargs)
+
+    image = api["images"][1]
+
+    def predict(run_id):
+        return call(f"{url}/api/runs/{run_id}/predict", "POST", api["tokens"]["vic"],
+                    files=[(image.name, image.read_bytes())])  # fmt: skip
+
+    monkeypatch.setattr(ModelServer, "load", slow_load)
+    try:
+        assert predict(api["cls"])[0] == 200  # loaded, before the slow one starts
+        with ThreadPoolExecutor(3) as pool:
+            cold = [pool.submit(predict, api["det"]) for _ in range(2)]
+            deadline = time.monotonic() + 30
+            while api["det"] not in loads:
+                assert time.monotonic() < deadline, "the detection run's load never started"
+                time.sleep(0.01)
+            warm = pool.submit(predict, api["cls"])
+            try:
+                status, _, got = warm.result(timeout=20)  # one lock for all: waits for the gate
+                still_loading = not any(f.done() for f in cold)
+            finally:
+                gate.set()
+            assert status == 200 and still_loading, got
+            assert [f.result(30)[0] for f in cold] == [200, 200]
+        assert loads == [api["cls"], api["det"]]  # two requests for a cold run: one load
+        assert len(app.state.cache._servers) == 2 and not app.state.cache._loads
+    finally:
+        gate.set()
+        stop()
+
+
 def wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -576,7 +618,7 @@ def test_serve_starts_the_automation_api_says_where_once_and_restarts_it(home, m
 
 
 def test_api_alone_says_where_it_listens_unless_serve_started_it(home, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "oidc_configured", lambda: False)
+    monkeypatch.setattr(sign_in, "secrets_files", list)  # no secrets files
     monkeypatch.setattr("engine.api.server.run_app", lambda app, host, port: None)
     assert cli.main(["--home", str(home), "api", "--port", "8778"]) == 0
     assert "VisionBoard API: http://localhost:8778/docs" in capsys.readouterr().out
@@ -656,7 +698,11 @@ def test_tokens_act_as_their_users_under_the_stores_rules(api):
     status, _, body = call(f"{url}/api/runs/999/cancel", "POST", tokens["root"])
     assert (status, body["detail"]) == (404, "run 999 not found")
     names = {d["name"] for d in call(f"{url}/api/datasets", token=tokens["vic"])[2]}
-    assert {"digits", "digits-detection"} <= names  # the samples the first queue registered
+    assert not {"digits", "digits-detection"} & names  # runs on own data build no samples
+    sample = {**config, "dataset": "digits"}
+    assert call(f"{url}/api/runs", "POST", tokens["ada"], {"config": sample})[0] == 201
+    names = {d["name"] for d in call(f"{url}/api/datasets", token=tokens["vic"])[2]}
+    assert {"digits", "digits-detection"} <= names  # built by the first run that named one
 
 
 def test_a_config_train_would_refuse_is_a_422_naming_each_field(api):
@@ -719,7 +765,7 @@ def test_tokens_are_hashed_at_rest_owned_revoked_and_audited(store_db):
 
 
 def test_without_accounts_the_cli_makes_the_local_admins_token(home, db, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "oidc_configured", lambda: False)
+    monkeypatch.setattr(sign_in, "secrets_files", list)  # no secrets files
     monkeypatch.setenv("VISIONBOARD_USER", "me")
     assert cli.main(["--home", str(home), "tokens", "add", "--name", "ci"]) == 0
     out, err = capsys.readouterr()
@@ -747,7 +793,7 @@ def test_without_accounts_the_cli_makes_the_local_admins_token(home, db, capsys,
 
 
 def test_api_refuses_other_addresses_without_accounts(home, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "oidc_configured", lambda: False)
+    monkeypatch.setattr(sign_in, "secrets_files", list)  # no secrets files
     monkeypatch.setattr("engine.api.server.run_app", lambda *a, **k: pytest.fail("served"))
     assert cli.main(["--home", str(home), "api", "--host", "0.0.0.0"]) == 2
     assert "--host 0.0.0.0 would let anyone" in capsys.readouterr().err

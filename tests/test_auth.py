@@ -248,7 +248,8 @@ def test_with_only_an_identity_provider_the_sign_in_page_offers_its_button(home)
     assert signed_out(at)
     assert [b.label for b in at.button] == ["Sign in with your team's account"]
     assert not at.text_input  # no built-in accounts: no password form
-    named = {"auth": {"redirect_uri": "x", "cookie_secret": "s", "google": {"client_id": "g"}}}
+    google = {"client_id": "g", "client_secret": "s", "server_metadata_url": "https://g.test"}
+    named = {"auth": {"redirect_uri": "x", "cookie_secret": "s", "google": google}}
     at = app(secrets=named).run()
     assert [b.label for b in at.button] == ["Sign in with google"]
 

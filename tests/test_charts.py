@@ -185,10 +185,10 @@ def test_parameter_kinds_puts_lr_like_keys_on_a_log_axis_zeros_included():
     assert list(decay["ticktext"]) == ["0", "0.0001", "0.01"]
 
 
-def test_numeric_parameters_keeps_all_when_nothing_varies():
+def test_parameter_kinds_keeps_numeric_keys_when_nothing_varies():
     configs = [{"lr": 0.1, "name": "x"}, {"lr": 0.1, "name": "y"}]
-    assert charts.numeric_parameters(configs) == ["lr"]
-    assert charts.numeric_parameters([]) == []
+    assert charts.parameter_kinds(configs) == {"lr": "linear"}
+    assert charts.parameter_kinds([]) == {}
 
 
 def test_smooth_ema_is_debiased_and_zero_weight_is_the_identity():

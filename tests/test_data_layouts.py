@@ -25,7 +25,7 @@ def test_every_layout_is_read_through_auto_detection(tmp_path, name):
     layout = LAYOUTS[name](tmp_path / name)
     root = tmp_path / name
     assert detect_format(root, layout.task) == layout.format
-    splits = load_splits(root, layout.task, "auto", seed=0)
+    splits = load_splits(root, layout.task, "auto", seed=0, list_ignored=True)
     assert splits.format == layout.format
     assert splits.root == (layout.root or root).resolve()
     assert splits.classes == layout.classes
@@ -57,7 +57,7 @@ def test_stray_json_with_an_images_key_is_no_coco(tmp_path):
     layout = LAYOUTS["imagefolder_stats_json"](tmp_path / "ds")
     for task in ("classification", None):
         assert detect_format(tmp_path / "ds", task) == "imagefolder"
-    splits = load_splits(tmp_path / "ds", "classification")
+    splits = load_splits(tmp_path / "ds", "classification", list_ignored=True)
     assert {"stats.json", "README.md"} <= {e["file"] for e in splits.ignored}
     assert {e["reason"] for e in splits.ignored if e["file"] == "stats.json"} == {
         "metadata, not read"
@@ -129,7 +129,7 @@ def test_a_json_without_the_three_lists_is_never_coco(tmp_path):
     data = json.loads((tmp_path / "ds" / "result.json").read_text())
     del data["categories"]
     (tmp_path / "ds" / "stats.json").write_text(json.dumps(data))  # no categories list
-    splits = load_splits(tmp_path / "ds", "detection")
+    splits = load_splits(tmp_path / "ds", "detection", list_ignored=True)
     assert splits.format == "coco"
     assert "stats.json" in {e["file"] for e in splits.ignored}
 

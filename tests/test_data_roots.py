@@ -384,9 +384,9 @@ def test_runs_version_changes_with_every_users_runs_and_only_then(store_db, home
     assert not changed()  # nothing happened: same token
     store.claim_run(db, "worker-1", run_id)
     assert changed()
-    store.rename_run(db, run_id, "renamed", by=member)
+    store.edit_run(db, run_id, by=member, name="renamed")
     assert changed()
-    store.set_tags(db, run_id, ["a"], by=ADMIN)
+    store.edit_run(db, run_id, by=ADMIN, tags=["a"])
     assert changed()
     store.request_cancel(db, run_id, by=member)
     assert changed()

@@ -26,6 +26,7 @@ from fake_trainer import fake_launch_command
 from engine import cli, disk, store, train
 from engine import worker as worker_module
 from engine.config import RunConfig
+from engine.launch import DIRECT, LAUNCHED_ENV, VIA_ACCELERATE
 from engine.run_folder import RunFolder
 from engine.worker import Worker
 
@@ -354,9 +355,7 @@ def test_serve_restarts_its_worker_and_says_so(home, db, processes):
 
 
 @pytest.mark.slow
-def test_killing_accelerate_launch_stops_the_trainer_and_a_resume_trains_alone(
-    home, db, digits, processes
-):
+def test_a_killed_trainer_fails_with_why_and_a_resume_trains_alone(home, db, digits, processes):
     config = RunConfig.from_dict({**TINY, "dataset": str(digits), "epochs": 4}).resolved()
     run_id = store.create_run(db, config, by=ADMIN)
     worker = subprocess.Popen(
@@ -364,11 +363,14 @@ def test_killing_accelerate_launch_stops_the_trainer_and_a_resume_trains_alone(
     )
     processes.started.append(worker)
     wait_for(lambda: store.get_metrics(db, run_id, ["lr"]), 240, "training step")
-    launcher = store.get_run(db, run_id)["trainer_pid"]
-    processes.groups.append(launcher)
-    os.kill(launcher, signal.SIGKILL)  # accelerate launch only: its trainer is its child
+    trainer = store.get_run(db, run_id)["trainer_pid"]
+    # One process: the worker started the trainer itself, no launcher between them.
+    assert [pid for _, pid, _ in RunFolder(home, run_id).trainer_records()] == [trainer]
+    processes.groups.append(trainer)
+    os.kill(trainer, signal.SIGKILL)
     wait_for(lambda: store.get_run(db, run_id)["status"] == "failed", 60, "recorded end")
-    assert not store.group_alive(launcher)  # the trainer did not train on
+    assert store.get_run(db, run_id)["error"] == "trainer killed by signal SIGKILL"
+    assert not store.group_alive(trainer)  # its loader workers went with it
     store.resume_run(db, run_id, by=ADMIN)
     wait_for(lambda: store.get_run(db, run_id)["status"] == "completed", 300, "completion")
     worker.send_signal(signal.SIGTERM)
@@ -379,6 +381,45 @@ def test_killing_accelerate_launch_stops_the_trainer_and_a_resume_trains_alone(
     assert epochs == [1, 2, 3, 4]
     steps = [m["step"] for m in metrics if m["name"] == "lr"]
     assert len(steps) == len(set(steps))
+
+
+RECORDING_TRAINER = """
+import sys, time
+from engine.train import record_trainer_process
+record_trainer_process(1, sys.argv[1])
+print("recorded", flush=True)
+time.sleep(120)
+"""
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]],
+                         stdout=subprocess.PIPE, text=True, start_new_session=True)
+child.stdout.readline()
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("launched, dies", [(VIA_ACCELERATE, True), (DIRECT, False)])
+def test_a_trainer_dies_with_accelerates_launcher_and_outlives_a_worker_that_started_it(
+    home, processes, launched, dies
+):
+    # Under accelerate launch a trainer must not train on unwatched once its launcher is gone;
+    # started by the worker itself, it trains on when the worker dies, as one under a launcher
+    # does, and its run is settled by whoever looks (test above).
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, RECORDING_TRAINER, str(home)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, LAUNCHED_ENV: launched},
+    )  # fmt: skip
+    processes.started.append(parent)
+    trainer = int(parent.stdout.readline())
+    processes.groups.append(trainer)
+    assert [pid for _, pid, _ in RunFolder(home, 1).trainer_records()] == [trainer]
+    parent.kill()
+    parent.wait()
+    time.sleep(0.5)
+    assert store.group_alive(trainer) is not dies
 
 
 # -- trainer processes outside the launcher's group -------------------------------------------

@@ -19,6 +19,7 @@ from factories import ADMIN, write_digits_imagefolder
 from engine import store
 from engine.config import ConfigError, RunConfig
 from engine.launch import (
+    LAUNCHED_ENV,
     NEUTRAL_CONFIG,
     LaunchError,
     check_launch,
@@ -31,6 +32,7 @@ from engine.launch import (
     resolve_accelerate_config,
     trains_on_cpu,
 )
+from engine.timings import LAUNCHED_AT_ENV
 from engine.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +88,11 @@ def test_launch_matrix(home, gpus_here, device, procs, taken, mode):
         )
         return
     assert gpus_needed(run["config"], gpus_here) == taken
-    cmd, env = launch_command(run, home, list(range(taken)), 29500)
+    # One process starts the trainer itself (below: in accelerate's environment); the
+    # accelerate command line is still what several processes and config files get.
+    direct, _ = launch_command(run, home, list(range(taken)), 29500)
+    assert (direct[1:3] == ["-m", "engine.train"]) == (procs == 1)
+    cmd, env = launch_command(run, home, list(range(taken)), 29500, direct=False)
     assert flag(cmd, "--num_processes") == str(procs) and flag(cmd, "--num_machines") == "1"
     # Every launch names its config file: a user's default one is never read.
     assert flag(cmd, "--config_file") == str(NEUTRAL_CONFIG)
@@ -124,10 +130,51 @@ def test_precision_and_resume_flags(home):
     assert flag(cmd, "--mixed_precision") == "bf16"
     resumed, _ = launch_command({**run_row(), "resume_requested": 1}, home, [0], 29500)
     assert resumed[-1] == "--resume"
-    cmd, _ = launch_command(run_row(), home, [], 31000)
+    cmd, _ = launch_command(run_row(), home, [], 31000, direct=False)
     assert flag(cmd, "--main_process_port") == "31000"
-    cmd, _ = launch_command(run_row(main_process_port=31001), home, [], 31000)
+    cmd, _ = launch_command(run_row(main_process_port=31001), home, [], 31000, direct=False)
     assert flag(cmd, "--main_process_port") == "31001"
+    direct, _ = launch_command({**run_row(), "resume_requested": 1}, home, [], 31000)
+    assert direct == [sys.executable, "-m", "engine.train", "--run-id", "7", "--home", str(home),
+                      "--resume"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "gpus, precision, omp_threads",
+    [
+        ((), "no", None),
+        ((), "bf16", None),
+        ((), "no", "1"),
+        ((0,), "fp16", None),
+        ((1,), "no", "3"),
+    ],
+)
+def test_a_one_process_run_starts_the_trainer_in_the_environment_accelerate_gives_it(
+    home, monkeypatch, gpus, precision, omp_threads
+):
+    """The direct launch is accelerate's simple launcher without its interpreter: accelerate's
+    own code, given the command line of the accelerate path, builds the same command and the
+    same environment."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_simple_launcher_cmd_env
+
+    if omp_threads:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp_threads)
+    else:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    run = run_row(mixed_precision=precision)
+    via, via_env = launch_command(run, home, list(gpus), 29500, direct=False)
+    direct, direct_env = launch_command(run, home, list(gpus), 29500)
+    for name in set(os.environ) - set(via_env):
+        monkeypatch.delenv(name)
+    for name, value in via_env.items():
+        monkeypatch.setenv(name, value)
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(via[3:]))
+    cmd, env = prepare_simple_launcher_cmd_env(args)
+    assert cmd == direct
+    for stamp in (LAUNCHED_ENV, LAUNCHED_AT_ENV):  # how it was started, and when
+        env.pop(stamp), direct_env.pop(stamp)
+    assert env == direct_env
 
 
 # -- mixed precision the device cannot do ----------------------------------------------------

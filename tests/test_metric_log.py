@@ -59,6 +59,18 @@ def test_step_losses_are_buffered_as_tensors_and_written_at_the_check(db, run_id
     assert run["summary"]["epoch"] == 0  # the last finished epoch
 
 
+def test_the_step_sync_switch_reads_each_steps_values_at_once(db, run_id, monkeypatch):
+    # The bench's lever: what a loop that reads its loss every step would do.
+    monkeypatch.setenv(metric_log.STEP_SYNC_ENV, "1")
+    clock = Clock()
+    log = MetricLog(process(), db, run_id, flush_seconds=2.0, clock=clock)
+    for step in range(1, 4):
+        clock.now += 0.5
+        log.record_step(step, 1, {"lr": 0.1, "train_loss_step": torch.tensor(float(step))})
+    assert [v["train_loss_step"] for _, _, v in log.pending] == [2.0, 3.0]
+    assert all(type(v["train_loss_step"]) is float for _, _, v in log.pending)
+
+
 def test_epoch_values_are_written_at_once(db, run_id):
     log = MetricLog(process(), db, run_id, clock=Clock())
     log.interval = 100

@@ -80,3 +80,20 @@ def test_sample_coco_file_is_plain_coco(db, home):
     assert [c["name"] for c in data["categories"]] == [str(d) for d in range(10)]
     assert len(data["images"]) == 40
     assert all(len(a["bbox"]) == 4 and a["iscrowd"] == 0 for a in data["annotations"])
+
+
+def test_a_run_builds_the_samples_only_when_it_names_one(db, home, tmp_path):
+    from factories import write_digits_imagefolder
+
+    from engine.config import RunConfig
+    from engine.preflight import submit_run
+
+    own = write_digits_imagefolder(tmp_path / "own", per_class=4, classes=range(2), split=True)
+    keys = {"model": "efficientnet_b0", "pretrained": False, "image_size": 32}
+    submit_run(RunConfig.from_dict({**keys, "dataset": str(own)}), db, by=ADMIN)
+    # The user's own data: nothing of the samples is built or registered before it queues.
+    assert not (home / "datasets" / CLASSIFICATION_NAME).exists()
+    assert store.get_dataset(db, CLASSIFICATION_NAME) is None
+    run_id = submit_run(RunConfig.from_dict({**keys, "dataset": "digits"}), db, by=ADMIN)
+    assert store.get_run(db, run_id)["config"]["dataset"] == CLASSIFICATION_NAME
+    assert store.get_dataset(db, CLASSIFICATION_NAME)["path"] == str(home / "datasets" / "digits")

@@ -1,13 +1,17 @@
+import contextlib
 import os
+import signal
 import socket
 import sqlite3
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from factories import ADMIN
 
-from engine import data_roots, store
+from engine import data_roots, database, store
 
 
 @pytest.fixture
@@ -131,9 +135,9 @@ def test_list_filters_tags_notes_delete(db, home):
     assert [r["id"] for r in store.list_runs(db, task="detection")] == [b]
     assert [r["id"] for r in store.list_runs(db, tag="baseline")] == [a]
     assert [r["id"] for r in store.list_runs(db, search="alp")] == [a]
-    store.set_tags(db, b, ["x", " ", "y"], by=ADMIN)
+    store.edit_run(db, b, by=ADMIN, tags=["x", " ", "y"])
     assert store.all_tags(db) == ["baseline", "x", "y"]
-    store.set_note(db, a, "lr too high", by=ADMIN)
+    store.edit_run(db, a, by=ADMIN, note="lr too high")
     assert store.get_run(db, a)["note"] == "lr too high"
     folder = store.run_dir(a, home)
     (folder / "train.log").write_text("log")
@@ -192,6 +196,27 @@ def test_run_ids_are_never_reused_and_old_databases_migrate(home, monkeypatch):
     assert store.create_run(db, config(), by=ADMIN) == second + 1
 
 
+def test_runs_version_reads_the_newest_run_edit_from_an_index(db, monkeypatch):
+    # Without the (target_kind, id) index, max(id) walked every audit record of a run.
+    run_id = store.create_run(db, config(), by=ADMIN)
+    store.edit_run(db, run_id, by=ADMIN, note="n")
+    sent = []
+    execute = db.execute
+    monkeypatch.setattr(db, "execute", lambda sql, *a: sent.append(sql) or execute(sql, *a))
+    version = store.runs_version(db)
+    monkeypatch.undo()
+    newest = store.list_audit(db, by=ADMIN, target_kind="run", limit=1)[0]["id"]
+    assert version["edited"] == newest
+    [sql] = sent
+    if database.dialect(db) is database.SQLITE:
+        plan = " | ".join(row[-1] for row in db.execute(f"explain query plan {sql}"))
+        assert "SEARCH audit USING COVERING INDEX audit_kind_id (target_kind=?)" in plan, plan
+    else:  # a few rows: PostgreSQL would scan them, unless told that scans cost too much
+        db.execute("set enable_seqscan = off")
+        plan = " | ".join(row[0] for row in db.execute(f"explain {sql}"))
+        assert "Index Only Scan Backward using audit_kind_id on audit" in plan, plan
+
+
 def test_counts_queue_position_labels_and_filter_values(db):
     a = store.create_run(db, config(), name="a", by=ADMIN)
     b = store.create_run(db, config(model="resnet18"), name="b", by=ADMIN)
@@ -226,7 +251,7 @@ VERBS = {
     "cancel": lambda db, run_id, by=ADMIN: store.request_cancel(db, run_id, by=by),
     "resume": lambda db, run_id, by=ADMIN: store.resume_run(db, run_id, by=by),
     "rerun": lambda db, run_id, by=ADMIN: store.queue_rerun(db, run_id, by=by),
-    "edit": lambda db, run_id, by=ADMIN: store.set_note(db, run_id, "edited", by=by),
+    "edit": lambda db, run_id, by=ADMIN: store.edit_run(db, run_id, by=by, note="edited"),
     "delete": lambda db, run_id, by=ADMIN: store.delete_run(db, run_id, by=by),
 }
 
@@ -301,8 +326,8 @@ def test_cancel_of_a_running_run_asks_the_trainer(db):
 def test_rerun_queues_a_copy_and_edit_works_in_any_status(db):
     for status in store.STATUSES:
         run_id = run_in(db, status)
-        store.rename_run(db, run_id, f"was {status}", by=ADMIN)
-        store.set_tags(db, run_id, ["t"], by=ADMIN)
+        store.edit_run(db, run_id, by=ADMIN, name=f"was {status}")
+        store.edit_run(db, run_id, by=ADMIN, tags=["t"])
         # The copy is the re-runner's (here another admin), not the first run's owner's.
         new_id = store.queue_rerun(db, run_id, by={"username": "bo", "role": "admin"})
         copy = store.get_run(db, new_id)
@@ -318,7 +343,7 @@ def test_rerun_queues_a_copy_and_edit_works_in_any_status(db):
 def test_rerun_names_its_source_once_and_twins_are_found(db):
     # "Re-run" copied the name as is: two runs of one name, nothing saying which came first.
     run_id = run_in(db, "completed")
-    store.rename_run(db, run_id, "baseline", by=ADMIN)
+    store.edit_run(db, run_id, by=ADMIN, name="baseline")
     first = store.queue_rerun(db, run_id, by=ADMIN)
     assert store.get_run(db, first)["name"] == f"baseline (re-run of #{run_id})"
     second = store.queue_rerun(db, first, by=ADMIN)
@@ -326,6 +351,39 @@ def test_rerun_names_its_source_once_and_twins_are_found(db):
     config = store.get_run(db, run_id)["config"]
     assert store.active_twins(db, config) == [first, second]  # queued; the source is done
     assert store.active_twins(db, {**config, "lr": 0.5}) == []
+
+
+def test_group_alive_reads_a_running_leader_alone_and_else_every_process(monkeypatch):
+    # stop_trainers polls it 20 times a second: it read every process's stat on each call.
+    read = []
+    real = store._proc_stat
+    monkeypatch.setattr(store, "_proc_stat", lambda pid: read.append(int(pid)) or real(pid))
+    leader = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    # A group whose leader exited (a zombie until reaped) while its child sleeps on.
+    shell = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!"], stdout=subprocess.PIPE,
+                             text=True, start_new_session=True)  # fmt: skip
+    child = int(shell.stdout.readline())
+    try:
+        assert store.group_alive(leader.pid) and read == [leader.pid]
+        deadline = time.monotonic() + 10
+        while store._proc_stat(shell.pid)[0] != "Z":
+            assert time.monotonic() < deadline, "the shell did not exit"
+            time.sleep(0.01)
+        read.clear()
+        assert store.group_alive(shell.pid) and child in read and len(read) > 2
+        os.kill(child, signal.SIGKILL)
+        while store.group_alive(shell.pid):  # only its zombie leader is left
+            assert time.monotonic() < deadline, "a group of a zombie alone is not running"
+            time.sleep(0.01)
+        leader.kill()
+        leader.wait()
+        assert not store.group_alive(leader.pid)
+    finally:
+        leader.kill()  # Popen's kill: never a pid reused after its wait
+        leader.wait()
+        with contextlib.suppress(ProcessLookupError):  # the unreaped shell holds the group id
+            os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()
 
 
 def test_trainer_error_is_its_own_column_and_each_attempt_starts_clean(db):

@@ -6,8 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from test_sign_in import OIDC_SECRETS
 
-from engine import cli, passwords, store
+from engine import cli, passwords, sign_in, store
 
 PASSWORD = "correct horse"
 ADMIN = {"username": "root", "role": "admin"}  # who manages the accounts here
@@ -294,7 +295,7 @@ def test_an_identity_provider_user_added_disabled_waits_for_an_admin(db):
 
 @pytest.fixture
 def no_secrets(monkeypatch):
-    monkeypatch.setattr(cli, "oidc_configured", lambda: False)
+    monkeypatch.setattr(sign_in, "secrets_files", list)  # no secrets files
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "myserver.lan"])
@@ -311,11 +312,11 @@ def test_serve_without_accounts_refuses_other_addresses(
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "::1", "[::1]"])
 def test_loopback_addresses_need_no_accounts(host):
-    assert cli.is_loopback(host)
+    assert sign_in.is_loopback_host(host)
 
 
 def test_serve_binds_beyond_localhost_with_accounts_an_identity_provider_or_the_flag(
-    db, home, monkeypatch, no_secrets
+    db, home, monkeypatch, no_secrets, tmp_path
 ):
     started = []
 
@@ -344,19 +345,7 @@ def test_serve_binds_beyond_localhost_with_accounts_an_identity_provider_or_the_
 
     store.set_user_disabled(db, "ada", by=ADMIN)
     assert run_cli(home, "serve", "--host", "0.0.0.0") == 2  # no account can sign in
-    monkeypatch.setattr(cli, "oidc_configured", lambda: True)
+    secrets = tmp_path / "secrets.toml"
+    monkeypatch.setattr(sign_in, "secrets_files", lambda: [secrets])
+    secrets.write_text(OIDC_SECRETS)
     assert run_cli(home, "serve", "--host", "0.0.0.0") == 0
-
-
-def test_oidc_configured_reads_an_auth_section_of_streamlit_secrets(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli.Path, "home", lambda: tmp_path)
-    monkeypatch.setattr(cli, "ROOT", tmp_path / "repo")
-    assert not cli.oidc_configured()
-    secrets = tmp_path / ".streamlit" / "secrets.toml"
-    secrets.parent.mkdir()
-    secrets.write_text('[other]\nkey = "x"\n')
-    assert not cli.oidc_configured()
-    secrets.write_text(
-        '[auth]\nredirect_uri = "http://localhost:8501/oauth2callback"\ncookie_secret = "s"\n'
-    )
-    assert cli.oidc_configured()

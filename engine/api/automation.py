@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from engine import data_roots, store
+from engine import data_roots, sign_in, store
 from engine.api.batcher import BatcherClosed
 from engine.api.inputs import ApiError, Limits
 from engine.api.serving import PREDICT_BODY, ModelServer, add_error_handlers, read_images
@@ -44,33 +44,85 @@ class QueueRequest(BaseModel):
 
 class PredictorCache:
     """The last few runs' ModelServers (loading a model takes seconds); a run whose model file
-    changed since (a running run's new best epoch) is loaded again."""
+    changed since (a running run's new best epoch) is loaded again. Each run loads under a lock
+    of its own (two requests for a cold run load it once) while the cache's lock guards only
+    the dicts, so a cold model never stalls the predictions of runs already loaded."""
 
     def __init__(self, home: Path, device: str, limits: Limits, size: int = 2):
         self.home, self.device, self.limits, self.size = home, device, limits, size
         self._servers: OrderedDict[tuple[int, int], ModelServer] = OrderedDict()
+        self._loads: dict[int, _RunLoad] = {}  # runs being loaded or waited for
         self._lock = threading.Lock()
+        self._closed = False
+
+    def _cached(self, key: tuple[int, int]) -> ModelServer | None:
+        with self._lock:
+            server = self._servers.get(key)
+            if server is not None:
+                self._servers.move_to_end(key)
+            return server
 
     def get(self, run_id: int) -> ModelServer:
         model = RunFolder(self.home, run_id).model
         key = (run_id, model.stat().st_mtime_ns if model.is_file() else 0)
-        with self._lock:  # one load at a time: two requests for a new run load it once
-            if key in self._servers:
-                self._servers.move_to_end(key)
-                return self._servers[key]
-            server = ModelServer.load(run_id, self.home, self.device, self.limits)
-            self._servers[key] = server
-            while len(self._servers) > self.size:
-                _, old = self._servers.popitem(last=False)
-                # at once it takes no more requests; its thread answers those waiting, then ends
-                old.close(wait=False)
+        if (server := self._cached(key)) is not None:
             return server
+        with self._lock:
+            load = self._loads.setdefault(run_id, _RunLoad())
+            load.users += 1
+        try:
+            with load.lock:
+                if (server := self._cached(key)) is not None:  # the request before loaded it
+                    return server
+                server = ModelServer.load(run_id, self.home, self.device, self.limits)
+                evicted = []
+                with self._lock:
+                    closed = self._closed
+                    if not closed:
+                        self._servers[key] = server
+                        while len(self._servers) > self.size:
+                            evicted.append(self._servers.popitem(last=False)[1])
+                if closed:  # loaded while the API stopped: nobody will close it later
+                    server.close(wait=False)
+                    raise BatcherClosed("the API is shutting down")
+                for old in evicted:
+                    # at once it takes no more requests; its thread answers those waiting
+                    old.close(wait=False)
+                return server
+        finally:
+            with self._lock:
+                load.users -= 1
+                if not load.users:
+                    del self._loads[run_id]
 
     def close(self) -> None:
         with self._lock:
-            for server in self._servers.values():
-                server.close()
+            self._closed = True
+            servers = list(self._servers.values())
             self._servers.clear()
+        for server in servers:
+            server.close()
+
+
+class _RunLoad:
+    """One run's load lock and how many requests hold or wait for it (the entry goes with
+    the last, so the cache keeps no lock per run it ever saw)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.users = 0
+
+
+class AskedLocalMode:
+    """`local_mode` for store.api_token_user, worked out only when it asks (for a local admin's
+    token), each time: the accounts counted then, so the first account stops those tokens at
+    once, and every other request pays nothing for it."""
+
+    def __init__(self, local_mode: Callable[[Any], bool], db):
+        self.local_mode, self.db = local_mode, db
+
+    def __bool__(self) -> bool:
+        return bool(self.local_mode(self.db))
 
 
 def add_store_error_handlers(app) -> None:
@@ -107,11 +159,12 @@ def create_api_app(
     cache_size: int = 2,
 ) -> FastAPI:
     """The automation API of a data directory. `local_mode(db)`: whether the server has no
-    accounts (its local admin's tokens work then); default: no enabled account."""
+    sign-in (its local admin's tokens work then); default: engine.sign_in's rule, as the
+    dashboard and the CLI decide it."""
     home = store.home_dir(home)
     limits = limits or Limits()
     limits.check()
-    local_mode = local_mode or (lambda db: store.count_users(db) == 0)
+    local_mode = local_mode or (lambda db: not sign_in.sign_in_configured(db))
     cache = PredictorCache(home, device, limits, cache_size)
     connections = threading.local()
 
@@ -131,7 +184,7 @@ def create_api_app(
                 {"WWW-Authenticate": "Bearer"},
             )
         db = get_db()
-        user = store.api_token_user(db, token.strip(), local_mode(db))
+        user = store.api_token_user(db, token.strip(), AskedLocalMode(local_mode, db))
         if user is None:
             raise ApiError(
                 401,

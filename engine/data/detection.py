@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.errors import DatasetError, ImageError, Problems
+from engine.data.errors import DatasetError, ImageError, Problems, Where
 from engine.data.images import probe_images
 from engine.data.records import DetSample
 from engine.data.tables import TRAIN_NAMES
@@ -58,7 +58,7 @@ class RawDetection:
     files: list[Path] = field(default_factory=list)  # annotation files read (besides sources)
 
 
-def to_number(value, where: str) -> float:
+def to_number(value, where: str | Where) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -101,22 +101,22 @@ def to_samples(images: list[RawImage], problems: Problems) -> list[DetSample]:
             x1, y1, x2, y2 = box
             if image.normalized:
                 x1, x2, y1, y2 = x1 * width, x2 * width, y1 * height, y2 * height
-            shown = f"[{x1:g}, {y1:g}, {x2:g}, {y2:g}]"
-            where = f"{entry} ({problems.rel(image.path)})"
             c = [min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
             c += [min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
             if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
+                what = f"has no area inside the {width}x{height} image: dropped"
                 problems.add(
                     image.source,
-                    f"{where}: box {shown} has no area inside the {width}x{height} image: dropped",
+                    _box_problem(problems, image, entry, box=(x1, y1, x2, y2), what=what),
                     "bad_box",
                 )
                 problems.count("boxes_dropped")
                 continue
             if max(abs(a - b) for a, b in zip(c, (x1, y1, x2, y2))) > CLIP_TOLERANCE:
+                what = f"reaches outside the {width}x{height} image: clipped"
                 problems.add(
                     image.source,
-                    f"{where}: box {shown} reaches outside the {width}x{height} image: clipped",
+                    _box_problem(problems, image, entry, box=(x1, y1, x2, y2), what=what),
                     "bad_box",
                 )
                 problems.count("boxes_clipped")
@@ -130,6 +130,13 @@ def to_samples(images: list[RawImage], problems: Problems) -> list[DetSample]:
             )
         )
     return samples
+
+
+def _box_problem(problems: Problems, image: RawImage, entry: str, box, what: str) -> str:
+    """The message for a box with a problem, `line 2 (images/a.jpg): box [x1, y1, x2, y2] what`:
+    written only then (Problems.rel resolves the image's path: for every box, most of a load)."""
+    shown = ", ".join(f"{v:g}" for v in box)
+    return f"{entry} ({problems.rel(image.path)}): box [{shown}] {what}"
 
 
 def drop_unused_classes(

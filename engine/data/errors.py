@@ -108,6 +108,20 @@ class Problems:
         return list(self.items)
 
 
+class Where:
+    """`Problems.rel(file)` and a suffix (" line 3") for a message, worked out only when one is
+    written: resolving the path of every label file read was most of a clean dataset's load."""
+
+    def __init__(self, problems: Problems, file: str | Path, suffix: str = ""):
+        self.problems, self.file, self.suffix = problems, file, suffix
+
+    def __str__(self) -> str:
+        return self.problems.rel(self.file) + self.suffix
+
+    def __add__(self, more: str) -> Where:
+        return Where(self.problems, self.file, self.suffix + more)
+
+
 def blocking_message(blocking: list[dict[str, str]]) -> str | None:
     """One message for a list of blocking problems: the first, then the others one a line
     (up to MAX_LISTED: a file with 10 000 bad boxes makes a message nobody reads)."""

@@ -16,6 +16,7 @@ is looked into.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from engine.data.signatures import (
     yolo_yamls,
 )
 from engine.data.tables import (
+    HEAD_ROWS,
     find_csv_files,
     has_box_columns,
     is_dataset_csv,
@@ -99,11 +101,12 @@ def _voc_evidence(root: Path) -> str | None:
 
 
 def _csv_evidence(root: Path) -> str | None:
+    keep = functools.cache(is_dataset_csv)  # asked twice of a CSV, its head read once
     try:
-        files = find_csv_files(root, keep=is_dataset_csv)
+        files = find_csv_files(root, keep=keep)
     except DatasetError:
         return None
-    files = {k: v for k, v in files.items() if is_dataset_csv(v)}
+    files = {k: v for k, v in files.items() if keep(v)}  # not the unfiltered fallback
     return _name_files(root, list(files.values())) if files else None
 
 
@@ -142,16 +145,16 @@ def csv_task(path: Path) -> str:
     """detection for one row per box (xmin..ymax) or JSON box lists, else classification."""
     try:
         csv_path = next(iter(find_csv_files(path, keep=is_dataset_csv).values()))
-        header, rows = read_rows(csv_path)
+        header, rows = read_rows(csv_path, limit=HEAD_ROWS)
     except DatasetError:
         return "classification"
     if has_box_columns(header):
         return "detection"
     try:
-        column = find_annotation_column(header, rows[:20], csv_path.name)
+        column = find_annotation_column(header, rows, csv_path.name)
     except DatasetError:
         return "classification"
-    values = [(row.get(column) or "").strip() for _, row in rows[:20]]
+    values = [(row.get(column) or "").strip() for _, row in rows]
     return "detection" if any(looks_like_box_list(v) for v in values) else "classification"
 
 
@@ -159,11 +162,14 @@ def _tasks_of(fmt: str, root: Path) -> tuple[str, ...]:
     return (csv_task(root),) if fmt == "csv" else _format_info(fmt).tasks
 
 
-def layout_candidates(root: Path, task: str | None = None) -> dict[str, str]:
-    """{format: what was found} for every layout that fits `root` (and serves `task`)."""
+def layout_candidates(
+    root: Path, task: str | None = None, only: str | None = None
+) -> dict[str, str]:
+    """{format: what was found} for every layout that fits `root` (and serves `task`);
+    with `only`, that layout alone is looked for."""
     fits = {}
     for fmt, evidence in EVIDENCE.items():
-        if task is not None and task not in _format_info(fmt).tasks:
+        if (task is not None and task not in _format_info(fmt).tasks) or only not in (None, fmt):
             continue
         found = evidence(root)
         if found and (task is None or task in _tasks_of(fmt, root)):
@@ -207,7 +213,7 @@ def detect_layout(
         return (fmt if explicit else _format_of_file(path)), path
     root = path
     for _ in range(3):
-        fits = layout_candidates(root, task)
+        fits = layout_candidates(root, task, fmt if explicit else None)
         if explicit:
             if fmt in fits:
                 return fmt, root
@@ -288,14 +294,19 @@ def detect_format(path: str | Path, task: str | None = None) -> str:
 def detect_task(path: str | Path, fmt: str) -> str:
     """The task a dataset serves: a format's only task, or for CSV, detection when it holds
     boxes (one row per box, or JSON box lists)."""
+    path = Path(path).expanduser()
+    if fmt == "csv" and path.is_dir():
+        path = detect_layout(path, fmt="csv")[1]
+    return layout_task(path, fmt)
+
+
+def layout_task(root: Path, fmt: str) -> str:
+    """detect_task for a dataset root that detect_layout found: not looked for again."""
     tasks = _format_info(fmt).tasks
     if len(tasks) == 1:
         return tasks[0]
     if fmt == "csv":
-        path = Path(path).expanduser()
-        if path.is_dir():
-            path = detect_layout(path, fmt="csv")[1]
-        return csv_task(path)
+        return csv_task(root)
     raise DatasetError(f"dataset format {fmt!r} serves {', '.join(tasks)}: no rule tells which")
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from engine.data.checks import check_loose_files, check_splits
 from engine.data.errors import BLOCKING, SEVERITIES, DatasetError, Problems, blocking_message
-from engine.data.formats import detect_format, detect_task
-from engine.data.load import confine_dataset, load_splits
+from engine.data.formats import detect_layout, layout_task
+from engine.data.load import confine_dataset, read_splits
 
 
 def inspect_dataset(
@@ -30,8 +30,9 @@ def inspect_dataset(
     """Images, classes, boxes per class, splits and problems; never raises for bad data.
 
     `deep` runs the data check across files (hashes every image: leakage, duplicates,
-    placeholders); without it only what the readers find is listed, which is all that can
-    block a run. "error" holds the blocking problems in one message (None when there are none).
+    placeholders) and lists the files no reader took (walks the whole tree); without it only
+    what the readers find is listed, which is all that can block a run. "error" holds the
+    blocking problems in one message (None when there are none).
     """
     report: dict[str, Any] = {
         "path": str(path),
@@ -50,11 +51,19 @@ def inspect_dataset(
     problems = Problems(root)
     try:
         confine_dataset(root)  # before the format is guessed from what the path holds
-        if report["format"] is None:
-            report["format"] = detect_format(root, task)  # the task narrows the layouts
+        # Detected once (the task narrows the layouts), and read where it was found.
+        report["format"], found_root = detect_layout(root, task, fmt)
         if task is None:
-            report["task"] = detect_task(root, report["format"])
-        splits = load_splits(root, report["task"], report["format"], test_ratio, seed, strict=False)
+            report["task"] = layout_task(found_root, report["format"])
+        splits = read_splits(
+            found_root,
+            report["task"],
+            report["format"],
+            test_ratio,
+            seed,
+            strict=False,
+            list_ignored=deep,
+        )
     except DatasetError as exc:
         if exc.problems:  # the bad entries read before a dataset-wide error, and that error
             problems.extend(exc.problems)

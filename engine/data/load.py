@@ -1,7 +1,7 @@
 """load_splits: read any supported dataset into train, val and test samples, ready for a Dataset.
 
 Every split a dataset declares is kept (records.py says which one the trainer uses for what),
-and every file under its root that no reader took is listed in `ignored`.
+and, for the data check, every file under its root that no reader took is listed in `ignored`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def load_splits(
     seed: int = 0,
     columns: dict | None = None,
     strict: bool = True,
+    list_ignored: bool = False,
 ) -> DatasetSplits:
     """Read a dataset and split it (its own split, else seeded and stratified by class).
 
@@ -37,9 +38,27 @@ def load_splits(
     leave the rest readable (an empty class, a single class, a malformed box or label line, an
     annotation naming a missing image) are listed as blocking problems instead of raised, so
     the data check can show all of them at once; with strict=True the error names them all.
+    With list_ignored, the files under the root that no reader took are listed in `ignored`
+    (and counted in counts["ignored_files"]): a walk of the whole tree, which only the data
+    check shows, so a run's load leaves it out.
     """
     path = confine_dataset(path)
     fmt, path = detect_layout(path, task, fmt)  # path: the folder inside a download's wrapper
+    return read_splits(path, task, fmt, test_ratio, seed, columns, strict, list_ignored)
+
+
+def read_splits(
+    path: Path,
+    task: str,
+    fmt: str,
+    test_ratio: float = 0.2,
+    seed: int = 0,
+    columns: dict | None = None,
+    strict: bool = True,
+    list_ignored: bool = False,
+) -> DatasetSplits:
+    """load_splits of a dataset whose layout is known: `path` and `fmt` as detect_layout
+    found them inside the data roots (confine_dataset), so nothing is detected again."""
     reader = get_reader(task, fmt)
     problems = Problems(path)
     try:
@@ -64,10 +83,12 @@ def load_splits(
     if strict:
         problems.raise_blocking()
     splits.problems = problems.as_list()
-    # A dataset named by its annotation file has no folder of its own to list.
-    found = find_ignored(problems.root, used_files(raw), fmt) if path.is_dir() else ([], 0)
-    splits.ignored, ignored_files = found
-    splits.counts = count_splits(splits, {**problems.counts, "ignored_files": ignored_files})
+    extra = dict(problems.counts)
+    if list_ignored:
+        # A dataset named by its annotation file has no folder of its own to list.
+        found = find_ignored(problems.root, used_files(raw), fmt) if path.is_dir() else ([], 0)
+        splits.ignored, extra["ignored_files"] = found
+    splits.counts = count_splits(splits, extra)
     return splits
 
 

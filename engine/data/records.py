@@ -43,7 +43,8 @@ class DatasetSplits:
     test: list = field(default_factory=list)
     val: list = field(default_factory=list)  # only when the dataset declares val and test
     problems: list[dict[str, str]] = field(default_factory=list)
-    # Files under the root that are no part of the dataset: {"file", "reason"}, like problems.
+    # Files under the root that are no part of the dataset: {"file", "reason"}, like problems
+    # (listed by load_splits(list_ignored=True) only: the data check's, not a run's).
     ignored: list[dict[str, str]] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
     split_source: str = "seeded"  # "dataset" when the data came with its own split

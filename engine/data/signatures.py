@@ -22,6 +22,9 @@ from engine.data_roots import PathRefused, open_inside, read_text_inside
 # A JSON this large is checked for the three lists by scanning, not parsed twice.
 COCO_PARSE_LIMIT = 32 << 20
 _COCO_LIST = {k: re.compile(rf'"{k}"\s*:\s*\[') for k in ("images", "annotations", "categories")}
+# An XML is VOC when its first characters open an <annotation> element.
+VOC_HEAD = 4096
+_VOC_ROOT = re.compile(r"<annotation[\s>]")
 
 
 def child(folder: Path, *names: str) -> Path | None:
@@ -114,10 +117,19 @@ def is_voc_xml(path: Path) -> bool:
         return False
     try:
         with open_inside(path, encoding="utf-8", errors="replace") as fh:
-            head = fh.read(4096)
+            head = fh.read(VOC_HEAD)
     except (OSError, PathRefused):
         return False
-    return re.search(r"<annotation[\s>]", head) is not None
+    return _VOC_ROOT.search(head) is not None
+
+
+def is_voc_content(data: bytes) -> bool:
+    """is_voc_xml for a file's bytes, already read (to be parsed next: the file is opened once)."""
+    # What is_voc_xml reads: the first VOC_HEAD characters, newlines translated as text mode
+    # does; VOC_HEAD characters of UTF-8 are at most 4 * VOC_HEAD bytes.
+    text = data[: 4 * VOC_HEAD].decode("utf-8", errors="replace")
+    head = text.replace("\r\n", "\n").replace("\r", "\n")[:VOC_HEAD]
+    return _VOC_ROOT.search(head) is not None
 
 
 def has_images(folder: Path) -> bool:

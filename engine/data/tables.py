@@ -92,10 +92,10 @@ def is_dataset_csv(csv_path: Path) -> bool:
     """A CSV that lists images: one of its columns holds image file names. Metadata CSVs
     (statistics, class lists) next to a dataset are not read as one."""
     try:
-        header, rows = read_rows(csv_path)
+        header, rows = read_rows(csv_path, limit=HEAD_ROWS)  # never the whole file
     except DatasetError:
         return False
-    return any(_looks_like_image_paths(rows[:20], h) for h in header)
+    return any(_looks_like_image_paths(rows, h) for h in header)
 
 
 def has_box_columns(header: Sequence[str]) -> bool:
@@ -104,8 +104,15 @@ def has_box_columns(header: Sequence[str]) -> bool:
     return all(c in lowered for c in BOX_COLUMNS)
 
 
-def read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header and (line number, row) pairs; line numbers as a text editor shows them."""
+# Rows a CSV is recognised by (a column of image names, JSON box lists): its first ones.
+HEAD_ROWS = 20
+
+
+def read_rows(
+    csv_path: Path, limit: int | None = None
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and (line number, row) pairs; line numbers as a text editor shows them. With
+    `limit`, only the header and the first `limit` rows that are not empty are read."""
     try:
         with data_roots.open_inside(csv_path, newline="", encoding="utf-8-sig") as fh:
             first = fh.readline()
@@ -118,6 +125,8 @@ def read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]
             for row in reader:
                 if any((v or "").strip() for k, v in row.items() if k is not None):
                     rows.append((reader.line_num, row))
+                    if len(rows) == limit:
+                        break
     except data_roots.PathRefused as exc:  # a symlink out of the roots: nothing read
         raise DatasetError(str(exc)) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:

@@ -18,9 +18,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from engine.data.detection import RawDetection, RawImage, to_number
-from engine.data.errors import WARNING, DatasetError, Problems
+from engine.data.errors import WARNING, DatasetError, Problems, Where
 from engine.data.images import IMAGE_EXTENSIONS, is_image_file, list_images, natural_key
-from engine.data.signatures import child, files_in, is_voc_xml, split_folders
+from engine.data.signatures import child, files_in, is_voc_content, is_voc_xml, split_folders
 from engine.data_roots import PathRefused, exists_inside, open_inside, read_text_inside
 
 VOC_IMAGE_DIRS = ("JPEGImages", "images")
@@ -214,9 +214,8 @@ def _read_voc_beside(path: Path, problems: Problems) -> RawDetection:
     parsed_by_split = {}
     for split, folder in folders.items():
         xmls = sorted(files_in(folder, (".xml",)), key=lambda p: natural_key(p.name))
-        parsed_by_split[split] = {
-            x: _parse_voc_xml(x, folder, problems) for x in xmls if is_voc_xml(x)
-        }
+        parsed = {x: _parse_voc_xml(x, folder, problems, voc_only=True) for x in xmls}
+        parsed_by_split[split] = {x: found for x, found in parsed.items() if found is not None}
     everything = {k: v for parsed in parsed_by_split.values() for k, v in parsed.items()}
     classes, read = _classes(path, everything, problems)
     sets = {}
@@ -234,20 +233,31 @@ def _read_voc_beside(path: Path, problems: Problems) -> RawDetection:
     return RawDetection(classes, sets["train"], sets.get("test"), sets.get("val"), read)
 
 
-def _parse_voc_xml(xml_path: Path, image_dir: Path, problems: Problems):
+def _parse_voc_xml(xml_path: Path, image_dir: Path, problems: Problems, voc_only: bool = False):
     """(image path or None, [(class name, box, entry)]); objects None for a malformed file.
-    A malformed file or object is listed as blocking and left out, and reading goes on."""
-    name = problems.rel(xml_path)
+    A malformed file or object is listed as blocking and left out, and reading goes on.
+    With voc_only (XML beside the images, where other XML may lie), None for a file that
+    is_voc_xml would not take: the file is opened once for both."""
     try:
         with open_inside(xml_path, "rb") as fh:
-            tree = ET.parse(fh)
+            data = fh.read()
     except PathRefused as exc:  # a symlink out of the roots: refused, nothing read
+        if voc_only:
+            return None
         problems.block(xml_path, str(exc), "bad_annotation")
         return None, None
+    except OSError:
+        if voc_only:
+            return None
+        raise
+    if voc_only and not is_voc_content(data):
+        return None
+    name = Where(problems, xml_path)  # named only in a message
+    try:
+        node = ET.fromstring(data)
     except ET.ParseError as exc:
         problems.block(xml_path, f"{name}: malformed XML ({exc})", "bad_annotation")
         return None, None
-    node = tree.getroot()
     file_name = (node.findtext("filename") or "").strip()
     image_path = image_dir / file_name if file_name else None
     if image_path is None or not exists_inside(image_path):
@@ -266,7 +276,7 @@ def _parse_voc_xml(xml_path: Path, image_dir: Path, problems: Problems):
     return image_path, objects
 
 
-def _read_object(obj: ET.Element, entry: str, name: str) -> tuple[str, list[float], str]:
+def _read_object(obj: ET.Element, entry: str, name: str | Where) -> tuple[str, list[float], str]:
     """(class name, [xmin, ymin, xmax, ymax], entry) of one <object>; DatasetError naming the
     file and the object when it is malformed."""
     label = (obj.findtext("name") or "").strip()
@@ -280,5 +290,5 @@ def _read_object(obj: ET.Element, entry: str, name: str) -> tuple[str, list[floa
         text = box.findtext(tag)
         if text is None:
             raise DatasetError(f"{name}: {entry} ({label}): missing <{tag}> in <bndbox>")
-        coords.append(to_number(text.strip(), f"{name}: {entry} ({label}): {tag}"))
+        coords.append(to_number(text.strip(), name + f": {entry} ({label}): {tag}"))
     return label, coords, entry

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from engine.data.detection import RawDetection, RawImage, to_number
-from engine.data.errors import DatasetError, Problems
+from engine.data.errors import DatasetError, Problems, Where
 from engine.data.images import is_image_file, list_images
 from engine.data.signatures import child, yolo_yamls
 from engine.data_roots import PathRefused, exists_inside, read_text_inside
@@ -163,7 +163,7 @@ def _read_yolo_labels(
     raw = RawImage(image, label_path, normalized=True)
     if not os.path.lexists(label_path):
         return raw  # YOLO's convention: no label file, no objects
-    name = problems.rel(label_path)
+    name = Where(problems, label_path)  # named only in a message
     try:
         lines = read_text_inside(label_path).splitlines()
     except PathRefused as exc:  # a symlink out of the roots: refused, never read as background
@@ -176,7 +176,8 @@ def _read_yolo_labels(
         if not line.split():
             continue
         with problems.entry(label_path):  # a bad line is listed and skipped, the next read
-            cls, box = _read_label_line(line.split(), f"{name} line {line_no}", classes, names_from)
+            where = Where(problems, label_path, f" line {line_no}")
+            cls, box = _read_label_line(line.split(), where, classes, names_from)
             raw.boxes.append(box)
             raw.labels.append(cls)
             raw.entries.append(f"line {line_no}")
@@ -190,7 +191,9 @@ def yaml_position(exc: yaml.YAMLError) -> str:
     return f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
 
 
-def _read_label_line(tokens, where: str, classes, names_from: str) -> tuple[int, list[float]]:
+def _read_label_line(
+    tokens, where: str | Where, classes, names_from: str
+) -> tuple[int, list[float]]:
     """(class, [x1, y1, x2, y2] in 0..1) of one label line; DatasetError naming the line."""
     if len(tokens) != 5 and (len(tokens) < 7 or len(tokens) % 2 == 0):
         raise DatasetError(
