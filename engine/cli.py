@@ -676,7 +676,10 @@ def cmd_api(args) -> int:
         return _fail(str(exc))
     from engine.sample_datasets import ensure_samples
 
-    ensure_samples(db, home)  # listed at once, as `serve` and the dashboard list them
+    try:  # listed at once, as `serve` and the dashboard list them; the API serves without
+        ensure_samples(db, home)
+    except OSError as exc:  # a full or read-only disk: no samples, but the API still serves
+        print(f"visionboard api: sample datasets not built ({exc})", file=sys.stderr)
     app = create_api_app(home, limits=limits, device=args.device)  # sign_in's rule decides
     if not args.no_banner:  # `serve`, which starts it, says where it is itself
         print(f"VisionBoard API: http://{args.host}:{args.port}/docs  (data in {home}; every "

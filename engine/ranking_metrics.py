@@ -56,6 +56,10 @@ def roc_curve(positive, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return fpr, tpr, thresholds
 
 
+# numpy 2 renamed trapz to trapezoid; numpy 1.x (which torch still allows) has only trapz.
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
+
 def roc_auc_score(positive, score) -> float:
     """Area under roc_curve by the trapezoidal rule, as scikit-learn's binary roc_auc_score.
 
@@ -65,7 +69,7 @@ def roc_auc_score(positive, score) -> float:
     if positive.all() or not positive.any():
         return math.nan
     fpr, tpr, _ = roc_curve(positive, score)
-    return float(np.trapezoid(tpr, fpr))
+    return float(_trapezoid(tpr, fpr))
 
 
 def precision_recall_curve(positive, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -165,7 +165,9 @@ def is_loopback_host(host: str) -> bool:
     a Host header) names only this machine: localhost, 127.x.x.x, ::1."""
     host = host.strip().lower()
     if host.startswith("["):  # [::1]:8501
-        host = host[1 : host.find("]")] if "]" in host else host
+        host, bracket, port = host[1:].partition("]")
+        if not bracket or (port and not (port[0] == ":" and port[1:].isdigit())):
+            return False  # "[::1]evil.com" names another host
     elif host.count(":") == 1:  # localhost:8501
         host = host.partition(":")[0]
     if host in LOOPBACK_NAMES:

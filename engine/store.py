@@ -1232,8 +1232,15 @@ def _exit_status(db, run: dict[str, Any], code: int | None) -> tuple[str, str | 
             f"(last heartbeat {_age(run['heartbeat_at']):.0f} s ago)"
         )
         return "failed", why + disk.disk_full_note(folder) + "; resume it to continue"
-    if code < 0:
-        return "failed", f"trainer killed by signal {signal.Signals(-code).name}"
+    if code < 0:  # the trainer itself, started without a launcher (engine.launch.DIRECT)
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # a real-time signal has no name
+            name = str(-code)
+        # A kill nobody asked for is most often the kernel's, out of memory.
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        why = f"trainer killed by signal {name}{hint}; see {LOG}"
+        return "failed", why + disk.disk_full_note(folder)
     return "failed", f"trainer exited with code {code}; see {LOG}" + disk.disk_full_note(folder)
 
 

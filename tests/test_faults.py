@@ -228,7 +228,7 @@ def test_killing_the_launcher_stops_its_trainer_and_a_resume_starts_one(
         # Its trainer used to train on; now the worker stopped the whole group first.
         assert not store.group_alive(launcher)
         run = store.get_run(db, run_id)
-        assert run["error"] == "trainer killed by signal SIGKILL"
+        assert run["error"].startswith("trainer killed by signal SIGKILL")
         assert run["trainer_pid"] is None  # nothing of it runs
         (RunFolder(home, run_id).path / "trainer.pid").unlink()
         store.resume_run(db, run_id, by=ADMIN)
@@ -369,7 +369,7 @@ def test_a_killed_trainer_fails_with_why_and_a_resume_trains_alone(home, db, dig
     processes.groups.append(trainer)
     os.kill(trainer, signal.SIGKILL)
     wait_for(lambda: store.get_run(db, run_id)["status"] == "failed", 60, "recorded end")
-    assert store.get_run(db, run_id)["error"] == "trainer killed by signal SIGKILL"
+    assert store.get_run(db, run_id)["error"].startswith("trainer killed by signal SIGKILL")
     assert not store.group_alive(trainer)  # its loader workers went with it
     store.resume_run(db, run_id, by=ADMIN)
     wait_for(lambda: store.get_run(db, run_id)["status"] == "completed", 300, "completion")
@@ -418,8 +418,11 @@ def test_a_trainer_dies_with_accelerates_launcher_and_outlives_a_worker_that_sta
     assert [pid for _, pid, _ in RunFolder(home, 1).trainer_records()] == [trainer]
     parent.kill()
     parent.wait()
-    time.sleep(0.5)
-    assert store.group_alive(trainer) is not dies
+    if dies:
+        wait_for(lambda: not store.group_alive(trainer), 10, "the trainer's end")
+    else:
+        time.sleep(0.5)
+        assert store.group_alive(trainer)
 
 
 # -- trainer processes outside the launcher's group -------------------------------------------

@@ -123,7 +123,7 @@ def test_the_files_merge_as_streamlit_merges_them_and_are_read_again_when_change
     [("localhost", True), ("LOCALHOST:8501", True), ("127.0.0.1", True), ("127.8.0.1:80", True),
      ("::1", True), ("[::1]", True), ("[::1]:8501", True), ("0.0.0.0", False), ("::", False),
      ("192.168.1.20", False), ("myserver.lan", False), ("localhost.evil.com", False),
-     ("", False)],
+     ("[::1]evil.com", False), ("[::1]:80x", False), ("[::1", False), ("", False)],
 )  # fmt: skip
 def test_one_loopback_rule_for_hosts_and_host_headers(host, loopback):
     assert sign_in.is_loopback_host(host) is loopback
@@ -237,3 +237,21 @@ def test_a_role_changed_between_runs_holds_in_the_next_runs_callbacks(home, db, 
     at.button[0].click().run()
     assert at.session_state["acted_as"] == "viewer"  # the callback, before run_user: afresh
     assert at.session_state["ran_as"] == ["viewer"] * 3 and len(asked) == 3
+
+
+def test_a_local_admins_token_acts_only_for_a_client_on_this_machine(home, db):
+    from engine.api.automation import AskedLocalMode
+
+    token, _ = store.add_api_token(db, "me", by=ADMIN, local_admin=True)
+    asked = []
+
+    def no_sign_in(db):
+        asked.append(1)
+        return True
+
+    here = store.api_token_user(db, token, AskedLocalMode(no_sign_in, db, "127.0.0.1"))
+    assert here["role"] == "admin" and asked == [1]
+    # From another machine, even while the server has no sign-in (say its secrets file is
+    # half edited), the token is nobody's.
+    assert store.api_token_user(db, token, AskedLocalMode(no_sign_in, db, "10.0.0.7")) is None
+    assert store.api_token_user(db, token, AskedLocalMode(no_sign_in, db, None)) is None

@@ -122,7 +122,13 @@ def test_the_exit_takes_the_trainers_error_from_the_row(db, home):
 
     assert ended(1, "FileNotFoundError: /data/gone") == ("failed", "FileNotFoundError: /data/gone")
     assert ended(1) == ("failed", "trainer exited with code 1; see train.log")
-    assert ended(-9) == ("failed", "trainer killed by signal SIGKILL")
+    assert ended(-9) == (
+        "failed",
+        "trainer killed by signal SIGKILL (out of memory?); see train.log",
+    )
+    assert ended(-15) == ("failed", "trainer killed by signal SIGTERM; see train.log")
+    # A real-time signal has no name: said by its number, the worker lives on.
+    assert ended(-40) == ("failed", "trainer killed by signal 40; see train.log")
     assert ended(0) == ended(0, stop_reason="epoch limit") == ("completed", None)
     assert ended(-9, cancel=True) == ("cancelled", None)  # killed after the cancel's grace
     # The worker's exit and an orphan's settle read the trainer's own ending first, alike: a

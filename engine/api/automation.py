@@ -46,13 +46,15 @@ class PredictorCache:
     """The last few runs' ModelServers (loading a model takes seconds); a run whose model file
     changed since (a running run's new best epoch) is loaded again. Each run loads under a lock
     of its own (two requests for a cold run load it once) while the cache's lock guards only
-    the dicts, so a cold model never stalls the predictions of runs already loaded."""
+    the dicts, so a cold model never stalls the predictions of runs already loaded. At most
+    `size` loads go at once (the cache's bound holds models in memory while they load too)."""
 
     def __init__(self, home: Path, device: str, limits: Limits, size: int = 2):
         self.home, self.device, self.limits, self.size = home, device, limits, size
         self._servers: OrderedDict[tuple[int, int], ModelServer] = OrderedDict()
         self._loads: dict[int, _RunLoad] = {}  # runs being loaded or waited for
         self._lock = threading.Lock()
+        self._loading = threading.Semaphore(size)
         self._closed = False
 
     def _cached(self, key: tuple[int, int]) -> ModelServer | None:
@@ -74,7 +76,10 @@ class PredictorCache:
             with load.lock:
                 if (server := self._cached(key)) is not None:  # the request before loaded it
                     return server
-                server = ModelServer.load(run_id, self.home, self.device, self.limits)
+                with self._loading:
+                    if self._closed:
+                        raise BatcherClosed("the API is shutting down")
+                    server = ModelServer.load(run_id, self.home, self.device, self.limits)
                 evicted = []
                 with self._lock:
                     closed = self._closed
@@ -116,12 +121,16 @@ class _RunLoad:
 class AskedLocalMode:
     """`local_mode` for store.api_token_user, worked out only when it asks (for a local admin's
     token), each time: the accounts counted then, so the first account stops those tokens at
-    once, and every other request pays nothing for it."""
+    once, and every other request pays nothing for it. Only for a client on this machine: the
+    local admin is whoever has a shell here, as the dashboard's local user is a browser here,
+    so a secrets file half-edited on a server open to the network lends nobody its rights."""
 
-    def __init__(self, local_mode: Callable[[Any], bool], db):
-        self.local_mode, self.db = local_mode, db
+    def __init__(self, local_mode: Callable[[Any], bool], db, client_host: str | None):
+        self.local_mode, self.db, self.client_host = local_mode, db, client_host
 
     def __bool__(self) -> bool:
+        if not sign_in.is_loopback_host(self.client_host or ""):
+            return False
         return bool(self.local_mode(self.db))
 
 
@@ -184,7 +193,8 @@ def create_api_app(
                 {"WWW-Authenticate": "Bearer"},
             )
         db = get_db()
-        user = store.api_token_user(db, token.strip(), AskedLocalMode(local_mode, db))
+        client = request.client.host if request.client else None
+        user = store.api_token_user(db, token.strip(), AskedLocalMode(local_mode, db, client))
         if user is None:
             raise ApiError(
                 401,

@@ -20,7 +20,14 @@ from pathlib import Path
 from engine.data.detection import RawDetection, RawImage, to_number
 from engine.data.errors import WARNING, DatasetError, Problems, Where
 from engine.data.images import IMAGE_EXTENSIONS, is_image_file, list_images, natural_key
-from engine.data.signatures import child, files_in, is_voc_content, is_voc_xml, split_folders
+from engine.data.signatures import (
+    VOC_HEAD,
+    child,
+    files_in,
+    is_voc_content,
+    is_voc_xml,
+    split_folders,
+)
 from engine.data_roots import PathRefused, exists_inside, open_inside, read_text_inside
 
 VOC_IMAGE_DIRS = ("JPEGImages", "images")
@@ -240,7 +247,10 @@ def _parse_voc_xml(xml_path: Path, image_dir: Path, problems: Problems, voc_only
     is_voc_xml would not take: the file is opened once for both."""
     try:
         with open_inside(xml_path, "rb") as fh:
-            data = fh.read()
+            data = fh.read(4 * VOC_HEAD)  # enough for is_voc_content; the rest if it is VOC
+            if voc_only and not is_voc_content(data):
+                return None
+            data += fh.read()
     except PathRefused as exc:  # a symlink out of the roots: refused, nothing read
         if voc_only:
             return None
@@ -250,8 +260,6 @@ def _parse_voc_xml(xml_path: Path, image_dir: Path, problems: Problems, voc_only
         if voc_only:
             return None
         raise
-    if voc_only and not is_voc_content(data):
-        return None
     name = Where(problems, xml_path)  # named only in a message
     try:
         node = ET.fromstring(data)
