@@ -88,6 +88,8 @@ TASKS = _registry(
             ("epochs", 20),
             ("augment_color", False),
             ("augment_crop", False),
+            # Measured for classification only (bench/README.md): a detector keeps one rate.
+            ("backbone_lr_factor", 1.0),
         ),
     ),
 )

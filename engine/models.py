@@ -115,6 +115,25 @@ def _create_classifier(cfg, num_classes, home, load_weights, **kwargs) -> nn.Mod
     return model
 
 
+def keep_batchnorm_statistics(model: nn.Module) -> int:
+    """Make the trained BatchNorm layers outside the head normalise with their running
+    (pre-trained) statistics in training too, as in evaluation, and never update them; their
+    scale and shift still train. The layers a frozen stage holds are FrozenBatchNorm already.
+    For the trainer only (a forward pre-hook: the saved state dict is a plain model's).
+    Returns how many layers keep their statistics."""
+    head = head_prefixes(model)
+    kept = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(head):
+            module.register_forward_pre_hook(_normalise_with_running_statistics)
+            kept += 1
+    return kept
+
+
+def _normalise_with_running_statistics(module: nn.Module, args) -> None:
+    module.training = False  # model.train() sets it back; this runs before every forward
+
+
 def _init_classifier(model: nn.Module) -> None:
     # Small random logits at first: large gradients through a random head would wreck the
     # pre-trained backbone in the first steps.
@@ -215,6 +234,7 @@ def _create_detector(cfg, num_classes, home, load_weights, **kwargs) -> nn.Modul
     for key in ("min_size", "max_size"):
         if getattr(cfg, key) != getattr(defaults, key):
             kwargs.setdefault(key, getattr(cfg, key))
+    kwargs.setdefault("box_batch_size_per_image", cfg.roi_samples)  # training only
     frozen_bn = cfg.pretrained and name in DETECTOR_FROZEN_BN_EPS
     model = build_detector(name, num_classes + 1, frozen_bn, **kwargs)
     head_loaded = False

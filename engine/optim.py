@@ -36,13 +36,14 @@ def create_optimizer(
     lr = cfg.learning_rate
     groups = [{"params": [p for _, p in named], "lr": lr}]
     head = head_prefixes(model) if cfg.pretrained and cfg.backbone_lr_factor != 1.0 else ()
+    default = RunConfig().backbone_lr_factor  # left at it, a run from scratch has nothing to say
     trained_head = [p for n, p in named if head and n.startswith(head)]
     if trained_head:  # a model whose head is unknown keeps one rate for all
         backbone = [p for n, p in named if not n.startswith(head)]
         groups = [{"params": trained_head, "lr": lr}]
         if backbone:
             groups.append({"params": backbone, "lr": lr * cfg.backbone_lr_factor})
-    elif cfg.backbone_lr_factor != 1.0:
+    elif cfg.backbone_lr_factor != 1.0 and (cfg.pretrained or cfg.backbone_lr_factor != default):
         why = "pretrained is off" if not cfg.pretrained else "the model's head is not known"
         (log or logging.getLogger(__name__).warning)(
             f"backbone_lr_factor {cfg.backbone_lr_factor:g} ignored: {why}, so every trained "

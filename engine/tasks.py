@@ -31,6 +31,7 @@ from engine.data import (
 from engine.data.image_cache import ImageCache, cache_budget, estimate_bytes, plan_cache
 from engine.data.images import run_decode_size
 from engine.launch import trains_on_cpu
+from engine.models import keep_batchnorm_statistics
 
 
 def dataloader_config(cfg: RunConfig) -> DataLoaderConfiguration:
@@ -84,6 +85,7 @@ class Task:
         self.splits = splits
         self.classes = splits.classes
         self.input = model_input
+        self.notes: list[str] = []  # what prepare_model did, for the run's log
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
@@ -199,6 +201,11 @@ class ClassificationTask(Task):
         return self.cfg.num_workers
 
     def prepare_model(self, model):
+        if self.cfg.pretrained and self.cfg.keep_bn_statistics:
+            self.notes.append(
+                f"BatchNorm: {keep_batchnorm_statistics(model)} layers keep their pre-trained "
+                "statistics (keep_bn_statistics)"
+            )
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model

@@ -105,6 +105,8 @@ class Trainer:
                 model, optimizer, *loaders.values()
             )
         self.print(f"model {cfg.model_name}: {trainable:,} of {total:,} parameters trainable")
+        for note in self.task.notes:
+            self.print(note)
         if cached:
             self.print(cached)
         self.loaders = dict(zip(loaders, prepared))

@@ -285,8 +285,10 @@ def test_fine_tuning_defaults_win_the_quality_benchmark():
     cls = RunConfig.from_dict({"dataset": "d"})
     assert (cls.augment_hflip, cls.augment_color, cls.augment_crop) == (True, True, True)
     assert not cls.augment_vflip and cls.augment_rotation == 0
-    # One rate for the backbone and the new head won (a new head starts small: test_models).
-    assert cls.label_smoothing == 0.1 and cls.backbone_lr_factor == 1.0
+    # The pre-trained backbone at a tenth of the rate of the new head (which starts small:
+    # test_models), its BatchNorm statistics kept, won for Adam and SGD alike.
+    assert cls.label_smoothing == 0.1 and cls.backbone_lr_factor == 0.1
+    assert cls.keep_bn_statistics
     # Detection keeps torchvision's reference recipe: flips only.
     det = RunConfig.from_dict({"task": "detection", "dataset": "d"})
     assert (det.augment_hflip, det.augment_color, det.augment_crop) == (True, False, False)
@@ -323,3 +325,29 @@ def test_a_stored_config_from_before_a_key_keeps_what_its_run_used():
     new = RunConfig.from_dict(old).resolved()  # stored today: its own values hold
     again = RunConfig.from_stored(new)
     assert (again.label_smoothing, again.nesterov) == (0.1, True)
+    # A detection run from before roi_samples trained torchvision's 512 proposals per image;
+    # a classification run never used the key, so it reads back valid with today's default.
+    detection = RunConfig.from_stored({"task": "detection", "dataset": "d"})
+    assert detection.roi_samples == 512
+    assert RunConfig.from_stored({"dataset": "d"}).roi_samples == RunConfig().roi_samples
+    assert RunConfig.from_stored(RunConfig.from_dict({"task": "detection", "dataset": "d"}).resolved()).roi_samples == 128  # fmt: skip
+
+
+def test_the_fine_tuning_recipe_is_classifications_and_old_runs_keep_theirs():
+    cfg = RunConfig.from_dict({"dataset": "d"})
+    assert (cfg.keep_bn_statistics, cfg.backbone_lr_factor) == (True, 0.1)
+    det = RunConfig.from_dict({"task": "detection", "dataset": "d"})
+    assert det.backbone_lr_factor == 1.0  # measured for classification only
+    assert det.resolved()["keep_bn_statistics"] is False  # what a detection run stores
+    old = RunConfig.from_stored({"dataset": "d"})  # stored before the recipe
+    assert (old.keep_bn_statistics, old.backbone_lr_factor) == (False, 1.0)
+
+
+def test_roi_samples_is_a_detection_key():
+    assert errors_of({"dataset": "d", "roi_samples": 64})["roi_samples"] == (
+        "roi_samples: got 64, expected 128 for classification: roi_samples applies to "
+        "detection only; classification uses no proposals"
+    )
+    assert errors_of({"task": "detection", "dataset": "d", "roi_samples": 8})["roi_samples"] == (
+        "roi_samples: got 8, expected a value of at least 16"
+    )

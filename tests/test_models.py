@@ -139,6 +139,13 @@ def test_detector_default_sizes_stay_the_models_own():
     assert model.transform.min_size == (320,) and model.transform.max_size == 640
 
 
+def test_detector_samples_roi_samples_proposals_per_image_to_train_its_box_head():
+    cfg = make_cfg(task="detection", model="fasterrcnn_mobilenet_v3_large_320_fpn")
+    assert models.create_model(cfg, 2).roi_heads.fg_bg_sampler.batch_size_per_image == 128
+    cfg = make_cfg(task="detection", model="fasterrcnn_mobilenet_v3_large_320_fpn", roi_samples=64)
+    assert models.create_model(cfg, 2).roi_heads.fg_bg_sampler.batch_size_per_image == 64
+
+
 def test_detector_trainable_layers():
     def body_layers(model):
         return {n.split(".")[2] for n in trainable(model) if n.startswith("backbone.body.")}

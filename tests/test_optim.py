@@ -200,8 +200,9 @@ def test_pretrained_layers_learn_at_a_fraction_of_the_head_lr():
     for _ in range(4):
         schedule.step_batch()
     assert (first["lr"], second["lr"]) == (0.01, pytest.approx(0.001))
-    # From scratch there is nothing to protect; with a factor of 1 (the default), one rate.
-    for other in (make_cfg(lr=0.01, backbone_lr_factor=0.1, pretrained=False), make_cfg(lr=0.01)):
+    # From scratch there is nothing to protect; with a factor of 1, one rate.
+    one_rate = make_cfg(lr=0.01, backbone_lr_factor=1)
+    for other in (make_cfg(lr=0.01, backbone_lr_factor=0.1, pretrained=False), one_rate):
         groups = optim.create_optimizer(other, model).param_groups
         assert len(groups) == 1 and groups[0]["lr"] == 0.01
     # A model without a known head keeps one rate too (tiny_model is an nn.Sequential).
@@ -231,9 +232,13 @@ def test_nesterov_is_a_key_and_old_stored_sgd_runs_keep_plain_momentum():
 
 def test_an_ignored_backbone_lr_factor_is_said_once():
     said = []
-    cfg = make_cfg(pretrained=False, backbone_lr_factor=0.1)
+    cfg = make_cfg(pretrained=False, backbone_lr_factor=0.5)
     optimizer = optim.create_optimizer(cfg, tiny_model(), log=said.append)
     assert len(optimizer.param_groups) == 1
-    assert len(said) == 1 and "backbone_lr_factor 0.1 ignored: pretrained is off" in said[0]
+    assert len(said) == 1 and "backbone_lr_factor 0.5 ignored: pretrained is off" in said[0]
     optim.create_optimizer(make_cfg(pretrained=False), tiny_model(), log=said.append)
+    assert len(said) == 1  # the default factor, from scratch: nothing to say
+    optim.create_optimizer(make_cfg(pretrained=False, backbone_lr_factor=1), tiny_model(), log=said.append)  # fmt: skip
     assert len(said) == 1  # factor 1: nothing to say
+    optim.create_optimizer(make_cfg(pretrained=True), tiny_model(), log=said.append)
+    assert len(said) == 2 and "the model's head is not known" in said[1]

@@ -120,3 +120,55 @@ def test_default_augmentation_is_on_and_reproducible(digits):
     ]
     both = by_index[0].keys() & by_index[1].keys()
     assert both and not any(torch.equal(by_index[0][i], by_index[1][i]) for i in both)
+
+
+def _tiny_resnet():
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("resnet18", pretrained=False, num_classes=3)
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_a_pretrained_classifier_trains_with_its_batchnorm_statistics_kept(digits, pretrained):
+    # The default (keep_bn_statistics): pre-trained statistics normalise in training as in
+    # evaluation and stay as loaded, while the layers' scale and shift train; a model from
+    # scratch estimates its own.
+    cfg = RunConfig.from_dict(
+        {"dataset": str(digits), "device": "cpu", "pretrained": pretrained, "channels_last": False}
+    )
+    assert cfg.keep_bn_statistics
+    splits = load_splits(str(digits), cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
+    task = create_task(cfg, splits, INPUT)
+    model = task.prepare_model(_tiny_resnet())
+    bn = model.bn1
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    images = torch.randn(4, 3, 32, 32) * 3 + 1  # statistics far from the stored ones
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(images)
+    model.train()
+    trained = model(images)
+    trained.sum().backward()
+    after = {k: v for k, v in model.state_dict().items() if "running" in k}
+    kept = all(torch.equal(before[k], after[k]) for k in before)
+    assert kept is pretrained
+    assert torch.allclose(trained, evaluated, atol=1e-5) is pretrained
+    assert bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0  # scale still trains
+    assert (task.notes != []) is pretrained
+    if pretrained:
+        assert task.notes == ["BatchNorm: 20 layers keep their pre-trained statistics (keep_bn_statistics)"]  # fmt: skip
+        state = model.state_dict()  # a plain model's state dict: nothing of the hook in it
+        assert set(state) == set(_tiny_resnet().state_dict())
+
+
+def test_keeping_batchnorm_statistics_can_be_turned_off(digits):
+    cfg = RunConfig.from_dict(
+        {"dataset": str(digits), "pretrained": True, "keep_bn_statistics": False}
+    )
+    splits = load_splits(str(digits), cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
+    model = create_task(cfg, splits, INPUT).prepare_model(_tiny_resnet())
+    before = model.bn1.running_mean.clone()
+    model.train()
+    model(torch.randn(4, 3, 32, 32) + 1)
+    assert not torch.equal(before, model.bn1.running_mean)
