@@ -8,7 +8,7 @@ after the last epoch. VisionBoard runs as a user runs it: the weights go in thro
 with only the data, model, size, epochs and batch set (plus `early_stopping=false`,
 `metric=accuracy`, so every run trains the same epochs); the rest is the form's defaults.
 timm runs its own train.py from a checkout (`--timm-dir`) with `--pretrained-path`, on the CPU.
-The variants change one default at a time (`--set` overrides), to show what each lever gives.
+The variants change one or two defaults (`--set` overrides), to show what each lever gives.
 
     .venv/bin/python bench/bench_quality.py --data DIR --timm-dir /work/ext/timm
         --weights tf_efficientnet_lite0.safetensors [--epochs 3] [--size 128] [--batch 16]

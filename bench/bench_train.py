@@ -179,6 +179,7 @@ def engine_run(
             f"dataset={data}", "model=efficientnet_b0", "pretrained=false", "image_size=64",
             f"batch_size={batch}", f"epochs={epochs}", f"num_workers={workers}",
             "early_stopping=false", f"device={device}", "metric=accuracy",
+            "cache_images=off",  # each image decoded every epoch, as in the bare loop
             f"mixed_precision={precision}", f"num_processes={processes}",
         ]  # fmt: skip
         cmd = [sys.executable, "-m", "engine.cli", "--home", home, "train"]

@@ -36,7 +36,10 @@ def create_optimizer(
     lr = cfg.learning_rate
     groups = [{"params": [p for _, p in named], "lr": lr}]
     head = head_prefixes(model) if cfg.pretrained and cfg.backbone_lr_factor != 1.0 else ()
-    default = RunConfig().backbone_lr_factor  # left at it, a run from scratch has nothing to say
+    # Left at its task's default, a run from scratch has nothing to say.
+    default = dict(choices.get_task(cfg.task).task_defaults).get(
+        "backbone_lr_factor", RunConfig().backbone_lr_factor
+    )
     trained_head = [p for n, p in named if head and n.startswith(head)]
     if trained_head:  # a model whose head is unknown keeps one rate for all
         backbone = [p for n, p in named if not n.startswith(head)]

@@ -242,3 +242,7 @@ def test_an_ignored_backbone_lr_factor_is_said_once():
     assert len(said) == 1  # factor 1: nothing to say
     optim.create_optimizer(make_cfg(pretrained=True), tiny_model(), log=said.append)
     assert len(said) == 2 and "the model's head is not known" in said[1]
+    # Detection's own default is 1: a detector from scratch set to 0.1 is told it is ignored.
+    detector = make_cfg(task="detection", pretrained=False, backbone_lr_factor=0.1)
+    optim.create_optimizer(detector, tiny_model(), log=said.append)
+    assert len(said) == 3 and "backbone_lr_factor 0.1 ignored: pretrained is off" in said[2]

@@ -172,3 +172,19 @@ def test_keeping_batchnorm_statistics_can_be_turned_off(digits):
     model.train()
     model(torch.randn(4, 3, 32, 32) + 1)
     assert not torch.equal(before, model.bn1.running_mean)
+
+
+def test_kept_statistics_at_a_high_backbone_rate_are_warned_about(digits):
+    def notes(**values):
+        cfg = RunConfig.from_dict({"dataset": str(digits), "pretrained": True, **values})
+        splits = load_splits(str(digits), cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
+        task = create_task(cfg, splits, INPUT)
+        task.prepare_model(_tiny_resnet())
+        return task.notes
+
+    assert len(notes()) == 1  # the default factor, 0.1: only what was kept
+    warned = notes(backbone_lr_factor=1)
+    assert len(warned) == 2 and warned[1].startswith(
+        "warning: backbone_lr_factor 1 with keep_bn_statistics"
+    )
+    assert notes(backbone_lr_factor=1, keep_bn_statistics=False) == []
