@@ -33,7 +33,7 @@ MODEL = "tf_efficientnet_lite0"
 # name → the overrides of the form's defaults it measures (None: timm's train.py).
 NO_AUGMENTATION = ["augment_hflip=false", "augment_color=false", "augment_crop=false"]
 SGD = ["optimizer=sgd"]  # Nesterov momentum 0.9, its own default lr 0.01
-REESTIMATED = ["keep_bn_statistics=false", "backbone_lr_factor=1"]  # the defaults before
+REESTIMATED = ["keep_bn_statistics=off", "backbone_lr_factor=1"]  # the defaults before
 VARIANTS = {
     "visionboard defaults": [],
     "sgd": SGD,
@@ -41,12 +41,16 @@ VARIANTS = {
     "before #12 (no augmentation, no smoothing)": [*NO_AUGMENTATION, "label_smoothing=0", *REESTIMATED],
     "BatchNorm re-estimated, one lr (the defaults before)": REESTIMATED,
     "sgd, BatchNorm re-estimated, one lr": [*SGD, *REESTIMATED],
-    "BatchNorm re-estimated (backbone x0.1)": ["keep_bn_statistics=false"],
-    "sgd, BatchNorm re-estimated": [*SGD, "keep_bn_statistics=false"],
-    "one lr (backbone x1)": ["backbone_lr_factor=1"],
-    "sgd, one lr": [*SGD, "backbone_lr_factor=1"],
+    "BatchNorm re-estimated (backbone x0.1)": ["keep_bn_statistics=off"],
+    "sgd, BatchNorm re-estimated": [*SGD, "keep_bn_statistics=off"],
+    "one lr (backbone x1), statistics kept": ["backbone_lr_factor=1", "keep_bn_statistics=on"],
+    "sgd, one lr, statistics kept": [*SGD, "backbone_lr_factor=1", "keep_bn_statistics=on"],
     "backbone x0.03": ["backbone_lr_factor=0.03"],
     "sgd, backbone x0.03": [*SGD, "backbone_lr_factor=0.03"],
+    "backbone x0.3": ["backbone_lr_factor=0.3"],
+    "sgd, backbone x0.3": [*SGD, "backbone_lr_factor=0.3"],
+    "backbone x0.3, BatchNorm re-estimated": ["backbone_lr_factor=0.3", "keep_bn_statistics=off"],
+    "sgd, backbone x0.3, BatchNorm re-estimated": [*SGD, "backbone_lr_factor=0.3", "keep_bn_statistics=off"],
     "head only (retrained_layers=0)": ["retrained_layers=0"],
     "sgd, head only": [*SGD, "retrained_layers=0"],
     "no augmentation": NO_AUGMENTATION,

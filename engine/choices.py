@@ -248,20 +248,35 @@ def format_names() -> tuple[str, ...]:
     return (AUTO_FORMAT, *DATASET_FORMATS)
 
 
-# -- image cache ---------------------------------------------------------------------------
+# -- auto / on / off settings ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ImageCacheInfo:
+class SwitchInfo:
+    """One value of a key that is `auto`, `on` or `off` (engine.config reads booleans too)."""
+
     name: str
     description: str
 
 
+# cache_images: decoded images kept in memory.
 IMAGE_CACHE = _registry(
-    ImageCacheInfo("auto", "decoded images kept in memory when every one fits the budget"),
-    ImageCacheInfo("on", "decoded images kept in memory up to the budget, the rest read again"),
-    ImageCacheInfo("off", "every image read from its file each time"),
+    SwitchInfo("auto", "decoded images kept in memory when every one fits the budget"),
+    SwitchInfo("on", "decoded images kept in memory up to the budget, the rest read again"),
+    SwitchInfo("off", "every image read from its file each time"),
 )
+
+# keep_bn_statistics: BatchNorm statistics when fine-tuning.
+BN_STATISTICS = _registry(
+    SwitchInfo("auto", "kept while backbone_lr_factor is low enough, re-estimated above"),
+    SwitchInfo("on", "the pre-trained statistics kept in training"),
+    SwitchInfo("off", "re-estimated from each batch in training"),
+)
+
+# Up to this backbone_lr_factor, `auto` keeps the pre-trained statistics: the fine-tuning
+# benchmark (bench/README.md) won with them at 0.03, 0.1 and 0.3 and lost them at 1, where the
+# pre-trained layers drift from the statistics they keep.
+KEPT_STATISTICS_MAX_FACTOR = 0.3
 
 
 # -- devices and precision ----------------------------------------------------------------

@@ -156,11 +156,8 @@ def cmd_worker(args) -> int:
         return _fail(str(exc))
     worker = Worker(args.home, devices=devices)
 
-    def stop(*_):
-        worker.stop_event.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, worker.stop_on_signal)
+    signal.signal(signal.SIGINT, worker.stop_on_signal)
     gpus = ",".join(map(str, worker.gpus)) or "none"
     where = "PostgreSQL" if worker.db.url else "SQLite"
     print(
@@ -238,15 +235,25 @@ def follow(db, run_id: int, home: Path) -> int:
     from engine.worker import Worker
 
     worker = thread = None
+    crashed: list[BaseException] = []  # what stopped our worker, if it raised
+
+    def work(worker: Worker) -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            crashed.append(exc)
+            raise  # the thread's traceback goes to stderr
 
     def start_worker_if_needed(run: dict) -> None:
         nonlocal worker, thread
         if run["on_host"] not in (None, "", store.host_name()):
             return  # pinned to another host: its workers start it
+        if thread is not None and not thread.is_alive() and not crashed:
+            thread = None  # it ended with nothing for it (another worker took the run)
         serving = store.worker_running(db, run_id, run["on_host"])  # one that may take it
         if thread is None and run["status"] == "queued" and not serving:
             worker = Worker(home, only_run=run_id)
-            thread = threading.Thread(target=worker.run, daemon=True)
+            thread = threading.Thread(target=work, args=(worker,), daemon=True)
             thread.start()
 
     start_worker_if_needed(store.get_run(db, run_id))
@@ -277,6 +284,14 @@ def follow(db, run_id: int, home: Path) -> int:
                 bar.set_postfix(post)
                 if run["status"] in store.FINISHED:
                     break
+                if crashed:
+                    thread.join(5)  # its traceback printed before our message
+                    bar.close()
+                    return _fail(
+                        f"run {run_id} is {run['status']}: the worker this command started "
+                        f"stopped ({type(crashed[0]).__name__}: {crashed[0]}); start one with "
+                        "`visionboard worker`, or see the traceback above"
+                    )
                 if thread is not None:
                     thread.join(1)  # our worker ends with the run: no second of waiting
                 else:

@@ -218,24 +218,27 @@ class RunConfig:
         "With pre-trained weights, the pre-trained layers learn at lr × this while the new head "
         "learns at lr: the backbone keeps what it knows and the head, starting small, catches "
         "up. 0.1 (with keep_bn_statistics) won the fine-tuning benchmark for Adam and SGD alike "
-        "(bench/README.md); 1 is one rate for all (then turn keep_bn_statistics off); 0 "
-        "trains the head only. Left unset, detection uses 1.",
+        "(bench/README.md); 1 is one rate for all; 0 trains the head only. Left unset, "
+        "detection uses 1.",
         minimum=0.0,
         maximum=1.0,
         shown_default=_task_default("backbone_lr_factor", 0.1),
     )
-    keep_bn_statistics: bool = _key(
-        True,
+    keep_bn_statistics: str = _key(
+        "auto",
         "Optimization",
-        "Classification with pre-trained weights: BatchNorm layers keep normalising with the "
-        "statistics they were pre-trained with (their scale and shift still train) instead of "
-        "re-estimating them from each batch, which on a small dataset cost about 12 points of "
-        "top-1 with SGD and 11 with Adam in the fine-tuning benchmark. Keep backbone_lr_factor "
-        "low with it (0.1): at 1 the kept statistics no longer fit the moving layers and SGD "
-        "collapsed there. A model trained from scratch always estimates its own.",
+        "Classification with pre-trained weights: `on` keeps BatchNorm layers normalising with "
+        "the statistics they were pre-trained with (their scale and shift still train) instead "
+        "of re-estimating them from each batch, which on a small dataset cost about 12 points "
+        "of top-1 with SGD and 11 with Adam in the fine-tuning benchmark; `off` re-estimates "
+        "them. `auto`: on while backbone_lr_factor is at most "
+        f"{choices.KEPT_STATISTICS_MAX_FACTOR:g} (the pre-trained layers move slowly enough "
+        "for the statistics to fit them; they won at 0.03 to 0.3), off above it (at 1 they "
+        "made SGD collapse). A model trained from scratch always estimates its own.",
+        tuple(choices.BN_STATISTICS),
         tasks=("classification",),
         instead="frozen BatchNorm in a pre-trained backbone, as torchvision's detectors do",
-        off=False,
+        off="off",
     )
     label_smoothing: float = _key(
         0.1,
@@ -252,8 +255,9 @@ class RunConfig:
         128,
         "Optimization",
         "Detection only: region proposals sampled per image to train the box head (a quarter of "
-        "them at most on objects, the rest background). torchvision's default is 512; 128 trains "
-        "about 2.5x faster on a CPU at the same accuracy on a small dataset (bench/README.md).",
+        "them at most on objects, the rest background). torchvision's default is 512; with 128 a "
+        "whole run took half the time on a CPU, at the same accuracy on a small dataset "
+        "(bench/README.md).",
         minimum=16,
         maximum=2048,
         tasks=("detection",),
@@ -469,6 +473,14 @@ class RunConfig:
         return (info or next(iter(choices.OPTIMIZERS.values()))).default_lr
 
     @property
+    def bn_statistics(self) -> str:
+        """keep_bn_statistics as `on` or `off`: `auto` follows backbone_lr_factor."""
+        if self.keep_bn_statistics != "auto":
+            return self.keep_bn_statistics
+        low = self.backbone_lr_factor <= choices.KEPT_STATISTICS_MAX_FACTOR
+        return "on" if low else "off"
+
+    @property
     def gamma(self) -> float:
         if self.lr_gamma is not None:
             return self.lr_gamma
@@ -506,14 +518,9 @@ class RunConfig:
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> RunConfig:
-        """from_dict for a config stored by an earlier run: keys it predates take the values
-        that run used (STORED_BEFORE), not today's defaults, so resuming or re-running it
-        trains as it did. A key of another task than the run's is left out (a detection key
-        means nothing to a classification run, which never used it)."""
-        task = data.get("task", cls.task)
-        keys = {f.name: f.metadata.get("tasks") for f in dataclasses.fields(cls)}
-        before = {k: v for k, v in STORED_BEFORE.items() if keys[k] is None or task in keys[k]}
-        return cls.from_dict({**before, **data})
+        """from_dict for a config stored by an earlier run, read as that run used it
+        (as_used): resuming or re-running it trains as it did."""
+        return cls.from_dict(as_used(data))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -525,6 +532,7 @@ class RunConfig:
         data["metric"] = self.metric_name
         data["lr_gamma"] = self.gamma
         data["lr"] = self.learning_rate
+        data["keep_bn_statistics"] = self.bn_statistics
         for f in dataclasses.fields(self):  # a key of another task: what this run really uses
             tasks, off = f.metadata.get("tasks"), f.metadata.get("off")
             if tasks is not None and self.task not in tasks and off is not None:
@@ -677,8 +685,23 @@ STORED_BEFORE = {
     "backbone_lr_factor": 1.0,
     "nesterov": False,
     "roi_samples": 512,
-    "keep_bn_statistics": False,
+    "keep_bn_statistics": "off",
 }
+
+
+def as_used(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored run config as its run used it: keys it predates take the values that run
+    used (STORED_BEFORE), not today's defaults; keys of another task than the run's are left
+    out (a detection key means nothing to a classification run, which never used it, and a
+    later change of its default must not make the stored config invalid)."""
+    task = stored.get("task", RunConfig.task)
+    tasks = {f.name: f.metadata.get("tasks") for f in dataclasses.fields(RunConfig)}
+
+    def used(key: str) -> bool:
+        return tasks.get(key) is None or task in tasks[key]
+
+    predates = {k: v for k, v in STORED_BEFORE.items() if k not in stored}
+    return {k: v for k, v in {**stored, **predates}.items() if used(k)}
 
 
 @dataclass
@@ -700,6 +723,10 @@ class ConfigError(ValueError):
         return {e.field: str(e) for e in self.errors}
 
 
+TRUE_WORDS = ("true", "yes", "1", "on")
+FALSE_WORDS = ("false", "no", "0", "off")
+
+
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
     """Turn a value from a file, a form or `--set` into the field's type, or raise ValueError."""
     kind = str(f.type)
@@ -713,9 +740,9 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
-        if text in ("true", "yes", "1", "on"):
+        if text in TRUE_WORDS:
             return True
-        if text in ("false", "no", "0", "off"):
+        if text in FALSE_WORDS:
             return False
         raise ValueError("true or false")
     if kind.startswith("int"):
@@ -734,6 +761,12 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ValueError(_expected(kind)) from None
+    if {"on", "off"} <= set(f.metadata.get("choices") or ()):  # an auto/on/off key
+        text = str(value).strip().lower()  # `true` in a TOML file, `--set key=false`
+        if value is True or text in TRUE_WORDS:
+            return "on"
+        if value is False or text in FALSE_WORDS:
+            return "off"
     if not isinstance(value, str):
         raise ValueError("a string")
     return value.strip()

@@ -31,7 +31,7 @@ from engine.data import (
 from engine.data.image_cache import ImageCache, cache_budget, estimate_bytes, plan_cache
 from engine.data.images import run_decode_size
 from engine.launch import trains_on_cpu
-from engine.models import keep_batchnorm_statistics
+from engine.models import head_prefixes, keep_batchnorm_statistics
 
 
 def dataloader_config(cfg: RunConfig) -> DataLoaderConfiguration:
@@ -73,11 +73,6 @@ class Indexed(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, int(self.epoch), i))
             return (i, *self.dataset[i])
-
-
-# Above this backbone_lr_factor, kept BatchNorm statistics stop fitting the layers that move
-# (bench/README.md, bench_quality.py: 0.03 and 0.1 won, 1 collapsed with SGD).
-KEPT_STATISTICS_MAX_FACTOR = 0.3
 
 
 class Task:
@@ -206,21 +201,41 @@ class ClassificationTask(Task):
         return self.cfg.num_workers
 
     def prepare_model(self, model):
-        if self.cfg.pretrained and self.cfg.keep_bn_statistics:
-            self.notes.append(
-                f"BatchNorm: {keep_batchnorm_statistics(model)} layers keep their pre-trained "
-                "statistics (keep_bn_statistics)"
-            )
-            if self.cfg.backbone_lr_factor > KEPT_STATISTICS_MAX_FACTOR:
-                self.notes.append(
-                    f"warning: backbone_lr_factor {self.cfg.backbone_lr_factor:g} with "
-                    "keep_bn_statistics: at that rate the pre-trained layers drift from the "
-                    "statistics they keep (the fine-tuning benchmark lost up to 60 points of "
-                    "top-1 with SGD at 1); lower the factor (0.1) or turn keep_bn_statistics off"
-                )
+        if self.cfg.pretrained:
+            self.notes += self.keep_statistics(model)
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
+
+    def keep_statistics(self, model) -> list[str]:
+        """keep_bn_statistics for a fine-tuned model; returns what the run log says of it."""
+        setting = self.cfg.keep_bn_statistics
+        batchnorm = torch.nn.modules.batchnorm._BatchNorm
+        if not any(isinstance(m, batchnorm) for m in model.modules()):
+            return []  # no BatchNorm that trains (a ViT; a frozen stage's is FrozenBatchNorm)
+        if self.cfg.bn_statistics == "off":
+            return [f"BatchNorm: statistics re-estimated from each batch (keep_bn_statistics {setting})"]  # fmt: skip
+        kept = keep_batchnorm_statistics(model)
+        if not kept:
+            return []  # its BatchNorm layers are all in the head
+        notes = [
+            f"BatchNorm: {kept} layers keep their pre-trained statistics (keep_bn_statistics "
+            f"{setting})"
+        ]
+        if not head_prefixes(model):  # engine.optim: no known head, one rate for all
+            notes.append(
+                "warning: this model's head is unknown, so every layer learns at lr, too fast "
+                "for kept statistics (in the fine-tuning benchmark SGD lost 63 points of top-1 "
+                "at one rate); set keep_bn_statistics to off"
+            )
+        elif self.cfg.backbone_lr_factor > choices.KEPT_STATISTICS_MAX_FACTOR:
+            notes.append(
+                f"warning: the pre-trained layers learn at lr x {self.cfg.backbone_lr_factor:g} "
+                "with keep_bn_statistics on: at that rate they drift from the statistics they "
+                "keep (in the fine-tuning benchmark SGD lost 63 points of top-1 at 1); set "
+                "keep_bn_statistics to auto, or backbone_lr_factor to 0.1"
+            )
+        return notes
 
     def dataset(self, samples, train):
         size, mean, std = self.input["image_size"], self.input["mean"], self.input["std"]

@@ -79,6 +79,7 @@ class Worker:
     # exit code (store.record_exit reads what it means), or (status, error) the worker decided.
     endings: dict[int, int | tuple[str, str | None]] = field(default_factory=dict)
     stop_event: threading.Event = field(default_factory=threading.Event)
+    signalled: bool = False  # a stop signal came (stop_on_signal)
 
     def __post_init__(self):
         self.home = store.home_dir(self.home)
@@ -93,7 +94,7 @@ class Worker:
         A full disk stops no worker: what could not be written is tried again at the next poll."""
         last_recover = None
         try:
-            while not self.stop_event.is_set():
+            while not self.stopping():
                 try:
                     self.announce()  # first: a run we hold must never look orphaned
                     if last_recover is None or time.monotonic() - last_recover > RECOVER_SECONDS:
@@ -101,7 +102,7 @@ class Worker:
                         last_recover = time.monotonic()
                     self.watch()
                     started = False
-                    while self.start_next():  # as many as fit, not one per poll
+                    while not self.stopping() and self.start_next():  # all that fit
                         started = True
                 except Exception as exc:
                     if not disk.is_disk_full(exc) and not database.is_connection_lost(exc):
@@ -115,6 +116,17 @@ class Worker:
                 self.wait_poll()
         finally:
             self.shutdown()
+
+    def stop_on_signal(self, signum, frame) -> None:
+        """A signal handler that stops the loop. Not stop_event.set() itself: a handler runs in
+        the main thread between two bytecodes, maybe inside stop_event.wait() while that holds
+        the event's lock, which set() would then wait for forever; a thread sets it once the
+        wait lets go of the lock."""
+        self.signalled = True  # seen by the loop at once, before the event is set
+        threading.Thread(target=self.stop_event.set, daemon=True).start()
+
+    def stopping(self) -> bool:
+        return self.signalled or self.stop_event.is_set()
 
     def wait_poll(self) -> None:
         """Wait for the next poll, or less: a launcher's exit is seen at once (a waitpid every

@@ -75,3 +75,23 @@ def test_runs_cancel_and_delete_follow_the_stores_rules(db, home, capsys):
     assert "only a queued or running run can be cancelled" in capsys.readouterr().err
     assert run_cli(home, "runs", "delete", str(running)) == 0
     assert store.get_run(db, running) is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_following_a_run_stops_with_why_when_its_worker_crashes(db, home, capsys, monkeypatch):
+    # `visionboard train` runs a worker in a thread for its run; a worker that raises must
+    # end the command with the reason, not leave it spinning on a queued run.
+    from engine.worker import Worker
+
+    def broken(self, once=False):
+        raise RuntimeError("database is malformed")
+
+    monkeypatch.setattr(Worker, "run", broken)
+    run_id = store.create_run(
+        db, {"task": "classification", "model": "m", "dataset": "d"}, by=ADMIN
+    )
+    assert cli.follow(db, run_id, home) == 2
+    err = capsys.readouterr().err
+    assert f"run {run_id} is queued: the worker this command started stopped" in err
+    assert "RuntimeError: database is malformed" in err

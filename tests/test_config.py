@@ -2,9 +2,11 @@ import json
 
 import pytest
 
+from engine import choices
 from engine.config import (
     ConfigError,
     RunConfig,
+    as_used,
     field_info,
     load_config,
     parse_overrides,
@@ -288,7 +290,7 @@ def test_fine_tuning_defaults_win_the_quality_benchmark():
     # The pre-trained backbone at a tenth of the rate of the new head (which starts small:
     # test_models), its BatchNorm statistics kept, won for Adam and SGD alike.
     assert cls.label_smoothing == 0.1 and cls.backbone_lr_factor == 0.1
-    assert cls.keep_bn_statistics
+    assert (cls.keep_bn_statistics, cls.bn_statistics) == ("auto", "on")
     # Detection keeps torchvision's reference recipe: flips only.
     det = RunConfig.from_dict({"task": "detection", "dataset": "d"})
     assert (det.augment_hflip, det.augment_color, det.augment_crop) == (True, False, False)
@@ -335,12 +337,60 @@ def test_a_stored_config_from_before_a_key_keeps_what_its_run_used():
 
 def test_the_fine_tuning_recipe_is_classifications_and_old_runs_keep_theirs():
     cfg = RunConfig.from_dict({"dataset": "d"})
-    assert (cfg.keep_bn_statistics, cfg.backbone_lr_factor) == (True, 0.1)
+    assert (cfg.keep_bn_statistics, cfg.backbone_lr_factor) == ("auto", 0.1)
+    assert cfg.resolved()["keep_bn_statistics"] == "on"  # what the run really does
     det = RunConfig.from_dict({"task": "detection", "dataset": "d"})
     assert det.backbone_lr_factor == 1.0  # measured for classification only
-    assert det.resolved()["keep_bn_statistics"] is False  # what a detection run stores
+    assert det.resolved()["keep_bn_statistics"] == "off"  # what a detection run stores
     old = RunConfig.from_stored({"dataset": "d"})  # stored before the recipe
-    assert (old.keep_bn_statistics, old.backbone_lr_factor) == (False, 1.0)
+    assert (old.bn_statistics, old.backbone_lr_factor) == ("off", 1.0)
+    # A run stored after backbone_lr_factor came (its factor set low) and before
+    # keep_bn_statistics re-estimated: so it reads back.
+    between = RunConfig.from_stored({"dataset": "d", "backbone_lr_factor": 0.1})
+    assert between.bn_statistics == "off"
+
+
+@pytest.mark.parametrize(
+    ("factor", "auto"), [(0.03, "on"), (0.1, "on"), (0.3, "on"), (0.31, "off"), (1.0, "off")]
+)
+def test_kept_statistics_follow_the_backbone_rate_unless_set(factor, auto):
+    # Kept statistics fit only layers that move slowly (bench/README.md): `auto` keeps them
+    # up to KEPT_STATISTICS_MAX_FACTOR, so a config from before the key with one rate for all
+    # (an API call, a config file) does not get the pair that collapsed in the benchmark.
+    assert choices.KEPT_STATISTICS_MAX_FACTOR == 0.3
+    cfg = RunConfig.from_dict({"dataset": "d", "backbone_lr_factor": factor})
+    assert cfg.bn_statistics == auto and cfg.resolved()["keep_bn_statistics"] == auto
+    for setting in ("on", "off"):  # set, it holds at any factor
+        chosen = {"dataset": "d", "backbone_lr_factor": factor, "keep_bn_statistics": setting}
+        assert RunConfig.from_dict(chosen).bn_statistics == setting
+
+
+def test_keep_bn_statistics_takes_auto_on_off_and_the_words_of_a_boolean():
+    for value, setting in [(True, "on"), (False, "off"), ("false", "off"), ("Yes", "on")]:
+        cfg = RunConfig.from_dict({"dataset": "d", "keep_bn_statistics": value})
+        assert cfg.keep_bn_statistics == setting  # a TOML boolean, `--set key=false`
+    assert errors_of({"dataset": "d", "keep_bn_statistics": "maybe"})["keep_bn_statistics"] == (
+        "keep_bn_statistics: got 'maybe', expected one of auto, on, off"
+    )
+    # A detector never keeps them: `on` there would be silently ignored, so it is refused.
+    errors = errors_of({"task": "detection", "dataset": "d", "keep_bn_statistics": "on"})
+    assert errors["keep_bn_statistics"].startswith(
+        "keep_bn_statistics: got 'on', expected off (or unset) for detection"
+    )
+    assert RunConfig.from_dict({"task": "detection", "dataset": "d", "keep_bn_statistics": "off"})
+
+
+def test_a_stored_config_reads_without_the_keys_of_another_task():
+    # A classification run stores roi_samples at its default of the day; were that default
+    # changed later, the stored value must not make the run's config invalid, nor show as a
+    # difference between runs.
+    stored = {**RunConfig.from_dict({"dataset": "d"}).resolved(), "roi_samples": 64}
+    assert "roi_samples" not in as_used(stored)
+    assert RunConfig.from_stored(stored).roi_samples == RunConfig().roi_samples
+    detection = {**RunConfig.from_dict({"task": "detection", "dataset": "d"}).resolved()}
+    assert as_used(detection)["roi_samples"] == 128 and "label_smoothing" not in as_used(detection)
+    # The stored keys keep their order (the compare page's rows), the missing ones come after.
+    assert list(as_used({"task": "classification", "dataset": "d"}))[:2] == ["task", "dataset"]
 
 
 def test_roi_samples_is_a_detection_key():

@@ -459,20 +459,27 @@ def test_filling_from_an_old_run_resets_what_it_lacks_and_leaves_a_default_lr_em
     config = RunConfig.from_dict(
         {"dataset": str(dataset), "pretrained": False, "optimizer": "sgd"}
     ).resolved()
-    for key in ("label_smoothing", "backbone_lr_factor", "nesterov"):
+    for key in ("label_smoothing", "backbone_lr_factor", "nesterov", "keep_bn_statistics"):
         del config[key]  # stored before these keys existed
     old = store.create_run(
         db, config, name="old", tags=(), by={"username": "alice", "role": "member"}
     )
+    # Kept statistics switched off at a factor where auto would keep them: a choice to keep.
+    chosen = seed_run(db, dataset, keep_bn_statistics="off", backbone_lr_factor=0.1)
     at = open_page("new_run")
     at.selectbox(key="start_from").set_value(smooth).run()
     assert at.number_input(key="cfg_label_smoothing").value == 0.3
     assert at.number_input(key="cfg_lr").value == 0.05
+    # Stored as what auto gave at 0.5 (off): shown as auto, so a new factor still decides.
+    assert at.selectbox(key="cfg_keep_bn_statistics").value == "auto"
+    at.selectbox(key="start_from").set_value(chosen).run()
+    assert at.selectbox(key="cfg_keep_bn_statistics").value == "off"
     at.selectbox(key="start_from").set_value(old).run()
     # What the old run trained with, not what the form held from the other run.
     assert at.number_input(key="cfg_label_smoothing").value == 0.0
     assert at.number_input(key="cfg_backbone_lr_factor").value == 1.0
     assert at.checkbox(key="cfg_nesterov").value is False
+    assert at.selectbox(key="cfg_keep_bn_statistics").value == "auto"  # off at 1.0, as it ran
     # Its lr was SGD's default: left empty, so another optimizer takes its own default.
     assert at.number_input(key="cfg_lr").value is None
 
@@ -998,6 +1005,7 @@ def test_compare_page_overlays_runs_and_tables(home, db, dataset):
     at.toggle(key="compare_diff").set_value(False).run()
     config = [d.value for d in at.dataframe if "key" in d.value.columns][0]
     assert "batch_size" in list(config["key"])
+    assert "roi_samples" not in list(config["key"])  # a detection key: no row for these runs
     at.radio(key="compare_x").set_value("step").run()
     assert charts_by_key(at)["compare_test_roc_auc"]["data"][0]["x"] == [4, 8, 12]
     at.multiselect(key="compare_runs").set_value([a, b, c]).run()

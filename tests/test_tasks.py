@@ -137,7 +137,7 @@ def test_a_pretrained_classifier_trains_with_its_batchnorm_statistics_kept(digit
     cfg = RunConfig.from_dict(
         {"dataset": str(digits), "device": "cpu", "pretrained": pretrained, "channels_last": False}
     )
-    assert cfg.keep_bn_statistics
+    assert cfg.bn_statistics == "on"
     splits = load_splits(str(digits), cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
     task = create_task(cfg, splits, INPUT)
     model = task.prepare_model(_tiny_resnet())
@@ -157,14 +157,14 @@ def test_a_pretrained_classifier_trains_with_its_batchnorm_statistics_kept(digit
     assert bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0  # scale still trains
     assert (task.notes != []) is pretrained
     if pretrained:
-        assert task.notes == ["BatchNorm: 20 layers keep their pre-trained statistics (keep_bn_statistics)"]  # fmt: skip
+        assert task.notes == ["BatchNorm: 20 layers keep their pre-trained statistics (keep_bn_statistics auto)"]  # fmt: skip
         state = model.state_dict()  # a plain model's state dict: nothing of the hook in it
         assert set(state) == set(_tiny_resnet().state_dict())
 
 
 def test_keeping_batchnorm_statistics_can_be_turned_off(digits):
     cfg = RunConfig.from_dict(
-        {"dataset": str(digits), "pretrained": True, "keep_bn_statistics": False}
+        {"dataset": str(digits), "pretrained": True, "keep_bn_statistics": "off"}
     )
     splits = load_splits(str(digits), cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
     model = create_task(cfg, splits, INPUT).prepare_model(_tiny_resnet())
@@ -174,17 +174,38 @@ def test_keeping_batchnorm_statistics_can_be_turned_off(digits):
     assert not torch.equal(before, model.bn1.running_mean)
 
 
-def test_kept_statistics_at_a_high_backbone_rate_are_warned_about(digits):
-    def notes(**values):
-        cfg = RunConfig.from_dict({"dataset": str(digits), "pretrained": True, **values})
-        splits = load_splits(str(digits), cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
-        task = create_task(cfg, splits, INPUT)
-        task.prepare_model(_tiny_resnet())
-        return task.notes
+def _notes(digits, model=None, **values):
+    cfg = RunConfig.from_dict({"dataset": str(digits), "pretrained": True, **values})
+    splits = load_splits(str(digits), cfg.task, cfg.dataset_format, cfg.test_ratio, cfg.seed)
+    task = create_task(cfg, splits, INPUT)
+    task.prepare_model(model or _tiny_resnet())
+    return task.notes
 
-    assert len(notes()) == 1  # the default factor, 0.1: only what was kept
-    warned = notes(backbone_lr_factor=1)
+
+def test_kept_statistics_at_a_high_backbone_rate_are_warned_about(digits):
+    assert _notes(digits) == ["BatchNorm: 20 layers keep their pre-trained statistics (keep_bn_statistics auto)"]  # fmt: skip
+    # auto at one rate for all re-estimates; set on, it keeps them and the log warns.
+    assert _notes(digits, backbone_lr_factor=1) == ["BatchNorm: statistics re-estimated from each batch (keep_bn_statistics auto)"]  # fmt: skip
+    warned = _notes(digits, backbone_lr_factor=1, keep_bn_statistics="on")
     assert len(warned) == 2 and warned[1].startswith(
-        "warning: backbone_lr_factor 1 with keep_bn_statistics"
+        "warning: the pre-trained layers learn at lr x 1 with keep_bn_statistics on"
     )
-    assert notes(backbone_lr_factor=1, keep_bn_statistics=False) == []
+
+
+def test_a_model_without_a_known_head_is_warned_about_and_one_without_batchnorm_is_not(digits):
+    class Headless(torch.nn.Module):  # no classifier head timm or torchvision would name
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+
+        def forward(self, x):
+            return self.body(x).mean((2, 3))
+
+    # Every layer learns at lr there (engine.optim), too fast for kept statistics.
+    notes = _notes(digits, Headless())
+    assert len(notes) == 2 and notes[1].startswith("warning: this model's head is unknown")
+    assert _notes(digits, Headless(), keep_bn_statistics="off") == [
+        "BatchNorm: statistics re-estimated from each batch (keep_bn_statistics off)"
+    ]
+    vit = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
+    assert _notes(digits, vit) == []  # no BatchNorm: nothing to say

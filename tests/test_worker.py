@@ -4,6 +4,7 @@
 test_faults.py.)"""
 
 import os
+import signal
 import socket
 from types import SimpleNamespace
 
@@ -349,3 +350,16 @@ def test_devices_name_gpus_this_host_has():
         parse_devices("1,2", present=2)
     with pytest.raises(ValueError, match="expected GPU indices"):
         parse_devices("0,0")
+
+
+@pytest.mark.timeout(30)
+def test_a_stop_signal_landing_inside_the_loops_wait_stops_the_worker(home):
+    # SIGTERM's handler runs in the main thread between two bytecodes: maybe inside
+    # stop_event.wait(), while it holds the event's lock. Setting the event right there would
+    # wait for that lock forever (a worker that never stopped, seen once under load).
+    worker = Worker(home)
+    with worker.stop_event._cond:  # the lock stop_event.wait() holds around its wait
+        worker.stop_on_signal(signal.SIGTERM, None)
+        assert not worker.stop_event.is_set()
+        assert worker.stopping()  # the loop starts nothing more meanwhile
+    assert worker.stop_event.wait(10)

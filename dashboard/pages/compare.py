@@ -14,6 +14,7 @@ import streamlit as st
 
 from dashboard import charts, state
 from engine import choices, store
+from engine.config import as_used
 
 state.page_setup()
 
@@ -185,12 +186,15 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def config_rows(runs: list[dict[str, Any]], differences_only: bool) -> list[dict[str, Any]]:
+    """One row per config key, a column per run: each config as its run used it (as_used:
+    the values of keys it predates, blank for keys of another task)."""
+    configs = [as_used(run["config"]) for run in runs]
     keys: list[str] = []
-    for run in runs:
-        keys += [k for k in run["config"] if k not in keys]
+    for config in configs:
+        keys += [k for k in config if k not in keys]
     rows = []
     for key in keys:
-        values = [run["config"].get(key) for run in runs]
+        values = [config.get(key) for config in configs]
         if differences_only and len({repr(v) for v in values}) == 1:
             continue
         row = {"key": key}

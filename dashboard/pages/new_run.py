@@ -16,7 +16,7 @@ import streamlit as st
 from dashboard import state
 from dashboard.data_check import draw_check, split_by_severity
 from engine import choices, store
-from engine.config import GROUPS, STORED_BEFORE, ConfigError, RunConfig, field_info
+from engine.config import GROUPS, ConfigError, RunConfig, as_used, field_info
 from engine.data import preview_augmentations
 from engine.launch import configs_dir, list_accelerate_configs
 from engine.preflight import check_run, resolve_paths
@@ -202,10 +202,11 @@ def on_dataset_change() -> None:
 
 def stored_values(config: dict[str, Any]) -> dict[str, Any]:
     """Every key's form value for a stored config: a key it lacks takes what its run used
-    (engine.config.STORED_BEFORE) or the task's default, never what the form held before;
-    a key of another task its default; an lr equal to its optimizer's default stays empty,
-    so that choosing another optimizer takes that one's default."""
-    config = {**STORED_BEFORE, **config}
+    (engine.config.as_used) or the task's default, never what the form held before; a key of
+    another task its default; an lr equal to its optimizer's default stays empty, so that
+    choosing another optimizer takes that one's default, and keep_bn_statistics equal to what
+    `auto` gives stays `auto`, so that a changed backbone_lr_factor still decides it."""
+    config = as_used(config)
     task = config.get("task", BY_NAME["task"]["default"])
     proposed = dict(choices.TASKS[task].task_defaults) if task in choices.TASKS else {}
     values = {}
@@ -218,7 +219,19 @@ def stored_values(config: dict[str, Any]) -> dict[str, Any]:
     optimizer = choices.OPTIMIZERS.get(values["optimizer"])
     if optimizer is not None and values["lr"] == optimizer.default_lr:
         values["lr"] = None
+    if values["keep_bn_statistics"] == auto_bn_statistics(values["backbone_lr_factor"]):
+        values["keep_bn_statistics"] = "auto"
     return values
+
+
+def auto_bn_statistics(backbone_lr_factor: Any) -> str | None:
+    """What keep_bn_statistics `auto` gives at this factor (None for a value not a number)."""
+    try:
+        return RunConfig(
+            keep_bn_statistics="auto", backbone_lr_factor=float(backbone_lr_factor)
+        ).bn_statistics
+    except (TypeError, ValueError):
+        return None
 
 
 def fill_from_run(run_id: int | None) -> None:
