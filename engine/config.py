@@ -477,8 +477,7 @@ class RunConfig:
         """keep_bn_statistics as `on` or `off`: `auto` follows backbone_lr_factor."""
         if self.keep_bn_statistics != "auto":
             return self.keep_bn_statistics
-        low = self.backbone_lr_factor <= choices.KEPT_STATISTICS_MAX_FACTOR
-        return "on" if low else "off"
+        return auto_bn_statistics(self.backbone_lr_factor)
 
     @property
     def gamma(self) -> float:
@@ -687,6 +686,20 @@ STORED_BEFORE = {
     "roi_samples": 512,
     "keep_bn_statistics": "off",
 }
+
+
+def auto_bn_statistics(backbone_lr_factor: float) -> str:
+    """What keep_bn_statistics `auto` gives at this factor: kept statistics fit only
+    pre-trained layers that move slowly (choices.KEPT_STATISTICS_MAX_FACTOR)."""
+    return "on" if backbone_lr_factor <= choices.KEPT_STATISTICS_MAX_FACTOR else "off"
+
+
+def task_default(task: str, key: str) -> Any:
+    """A key's default for a task: the task's own (choices.TaskInfo.task_defaults), else
+    RunConfig's."""
+    info = choices.TASKS.get(task)
+    own = dict(info.task_defaults) if info else {}
+    return own[key] if key in own else RunConfig.__dataclass_fields__[key].default
 
 
 def as_used(stored: dict[str, Any]) -> dict[str, Any]:

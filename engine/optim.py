@@ -18,7 +18,7 @@ from torch.optim import lr_scheduler
 
 from engine import choices
 from engine.architectures import head_prefixes
-from engine.config import RunConfig
+from engine.config import RunConfig, task_default
 
 
 def create_optimizer(
@@ -37,9 +37,7 @@ def create_optimizer(
     groups = [{"params": [p for _, p in named], "lr": lr}]
     head = head_prefixes(model) if cfg.pretrained and cfg.backbone_lr_factor != 1.0 else ()
     # Left at its task's default, a run from scratch has nothing to say.
-    default = dict(choices.get_task(cfg.task).task_defaults).get(
-        "backbone_lr_factor", RunConfig().backbone_lr_factor
-    )
+    default = task_default(cfg.task, "backbone_lr_factor")
     trained_head = [p for n, p in named if head and n.startswith(head)]
     if trained_head:  # a model whose head is unknown keeps one rate for all
         backbone = [p for n, p in named if not n.startswith(head)]

@@ -16,7 +16,15 @@ import streamlit as st
 from dashboard import state
 from dashboard.data_check import draw_check, split_by_severity
 from engine import choices, store
-from engine.config import GROUPS, ConfigError, RunConfig, as_used, field_info
+from engine.config import (
+    GROUPS,
+    ConfigError,
+    RunConfig,
+    as_used,
+    auto_bn_statistics,
+    field_info,
+    task_default,
+)
 from engine.data import preview_augmentations
 from engine.launch import configs_dir, list_accelerate_configs
 from engine.preflight import check_run, resolve_paths
@@ -151,10 +159,8 @@ def use_task_defaults(task: str) -> None:
     st.session_state[KEY + "model"] = info.default_model
     st.session_state[KEY + "metric"] = info.default_metric
     # The task's proposals (a detector's small batch); switching back restores RunConfig's.
-    proposed = dict(info.task_defaults)
     for name in {n for t in choices.TASKS.values() for n, _ in t.task_defaults}:
-        value = proposed.get(name, BY_NAME[name]["default"])
-        st.session_state[KEY + name] = widget_value(name, value)
+        st.session_state[KEY + name] = widget_value(name, task_default(task, name))
 
 
 # About 1.5 GB of accelerator memory per 800x1333 image when training Faster R-CNN R50-FPN
@@ -208,30 +214,21 @@ def stored_values(config: dict[str, Any]) -> dict[str, Any]:
     `auto` gives stays `auto`, so that a changed backbone_lr_factor still decides it."""
     config = as_used(config)
     task = config.get("task", BY_NAME["task"]["default"])
-    proposed = dict(choices.TASKS[task].task_defaults) if task in choices.TASKS else {}
     values = {}
     for info in FIELDS:
         name = info["name"]
-        value = config[name] if name in config else proposed.get(name, info["default"])
+        value = config[name] if name in config else task_default(task, name)
         if not applies(info, task):
             value = info["default"]
         values[name] = value
     optimizer = choices.OPTIMIZERS.get(values["optimizer"])
     if optimizer is not None and values["lr"] == optimizer.default_lr:
         values["lr"] = None
-    if values["keep_bn_statistics"] == auto_bn_statistics(values["backbone_lr_factor"]):
+    factor = values["backbone_lr_factor"]
+    auto = auto_bn_statistics(factor) if isinstance(factor, (int, float)) else None
+    if values["keep_bn_statistics"] == auto:
         values["keep_bn_statistics"] = "auto"
     return values
-
-
-def auto_bn_statistics(backbone_lr_factor: Any) -> str | None:
-    """What keep_bn_statistics `auto` gives at this factor (None for a value not a number)."""
-    try:
-        return RunConfig(
-            keep_bn_statistics="auto", backbone_lr_factor=float(backbone_lr_factor)
-        ).bn_statistics
-    except (TypeError, ValueError):
-        return None
 
 
 def fill_from_run(run_id: int | None) -> None:
